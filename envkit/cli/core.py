@@ -1,0 +1,193 @@
+"""Core commands: up, down, status, list, outputs."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from envkit import lifecycle
+from envkit.cli import app
+from envkit.cli.render import console, print_json, progress, settings
+from envkit.durations import parse_duration
+from envkit.outputs import render_env, render_github_masks, render_json, visible
+from envkit.state import Record
+
+
+class OutputFormat(StrEnum):
+    text = "text"
+    json = "json"
+    env = "env"
+    github = "github"
+
+
+class OutputsFormat(StrEnum):
+    env = "env"
+    json = "json"
+    github = "github"
+
+
+PipelineArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="Pipeline ID ([a-z0-9-], ≤63); detected from CI variables when omitted.",
+        show_default=False,
+    ),
+]
+ProviderOpt = Annotated[
+    str | None, typer.Option("--provider", help="local (default) or aws.", show_default=False)
+]
+ShowSecretsOpt = Annotated[
+    bool, typer.Option("--show-secrets", help="Print passwords and URLs with passwords in clear.")
+]
+
+
+def _ttl(value: str | None, what: str = "TTL"):  # type: ignore[no-untyped-def]
+    return parse_duration(value, what=what) if value is not None else None
+
+
+@app.command()
+def up(
+    pipeline_id: PipelineArg = None,
+    provider: ProviderOpt = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset to load (seeds/).")] = None,
+    ttl: Annotated[
+        str | None, typer.Option(help="Time to live, e.g. 90s, 30m, 4h, 2d.", show_default="4h")
+    ] = None,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="How to print the outputs.")
+    ] = OutputFormat.text,
+    show_secrets: ShowSecretsOpt = False,
+) -> None:
+    """Create the environment of a pipeline (or return it when it is already up)."""
+    lifetime = _ttl(ttl)
+    ctx = lifecycle.Context.build(pipeline_id, settings(provider=provider, dataset=dataset))
+    with progress(
+        f"Bringing up {ctx.pipeline_id}", enabled=output_format is OutputFormat.text
+    ) as step:
+        record = lifecycle.up(ctx, ttl=lifetime, dataset=ctx.settings.dataset, progress=step)
+    show_record(record, output_format, show_secrets)
+
+
+def show_record(record: Record, output_format: OutputFormat, show_secrets: bool) -> None:
+    """Print an environment's outputs in the chosen format."""
+    if output_format is OutputFormat.json:
+        print_json(
+            {
+                "pipeline_id": record.pipeline_id,
+                "provider": record.provider,
+                "status": str(record.status),
+                "expires_at": record.expires_at,
+                "outputs": visible(record.outputs, show_secrets),
+                "timings": record.timings,
+            }
+        )
+    elif output_format is OutputFormat.env:
+        print(render_env(record.outputs, show_secrets=show_secrets), end="")
+    elif output_format is OutputFormat.github:
+        print(render_github_masks(record.outputs), end="")
+        print(render_env(record.outputs, show_secrets=True), end="")
+    else:
+        out = console()
+        total = record.timings.get("total")
+        took = f", {total:.2f}s" if total is not None else ""
+        out.print(
+            f"[green]✔[/] Environment [bold]{record.pipeline_id}[/] is "
+            f"{record.status} ({record.provider}{took}); expires {record.expires_at}"
+        )
+        for key, value in visible(record.outputs, show_secrets).items():
+            out.print(f"  {key:<20} {value}")
+        if not show_secrets:
+            out.print(
+                f"Secrets hidden; show them with: envkit outputs {record.pipeline_id} "
+                "--show-secrets",
+                style="dim",
+            )
+
+
+@app.command()
+def down(
+    pipeline_id: PipelineArg = None,
+    preserve: Annotated[
+        bool,
+        typer.Option("--preserve", help="Keep it running for debugging until the TTL runs out."),
+    ] = False,
+    ttl: Annotated[
+        str | None, typer.Option(help="TTL when preserving.", show_default="24h")
+    ] = None,
+    show_secrets: ShowSecretsOpt = False,
+) -> None:
+    """Destroy the environment of a pipeline (absent is fine), or preserve it."""
+    lifetime = _ttl(ttl)
+    if lifetime is not None and not preserve:
+        raise typer.BadParameter("--ttl only applies with --preserve.", param_hint="--ttl")
+    ctx = lifecycle.Context.build(pipeline_id, settings())
+    with progress(f"Tearing down {ctx.pipeline_id}", enabled=not preserve):
+        record = lifecycle.down(ctx, preserve=preserve, ttl=lifetime)
+    if record is None:
+        console().print(f"[green]✔[/] Environment [bold]{ctx.pipeline_id}[/] is gone.")
+    else:
+        show_record(record, OutputFormat.text, show_secrets)
+
+
+@app.command()
+def status(
+    pipeline_id: PipelineArg = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the state of a pipeline's environment."""
+    ctx = lifecycle.Context.build(pipeline_id, settings())
+    record = lifecycle.status(ctx)
+    data = record.public() if record else lifecycle.absent_status(ctx.pipeline_id)
+    if as_json:
+        print_json(data)
+        return
+    for key, value in data.items():
+        if value not in (None, {}, ""):
+            console().print(f"{key:<12} {value}")
+
+
+@app.command("list")
+def list_(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List every environment known under ENVKIT_HOME."""
+    records = lifecycle.list_environments(settings())
+    if as_json:
+        print_json([r.public() for r in records])
+        return
+    if not records:
+        console().print("No environments.")
+        return
+    from rich.table import Table
+
+    table = Table("pipeline", "provider", "status", "created", "expires", "owner")
+    for r in records:
+        table.add_row(r.pipeline_id, r.provider, str(r.status), r.created_at, r.expires_at, r.owner)
+    console().print(table)
+
+
+@app.command()
+def outputs(
+    pipeline_id: Annotated[str, typer.Argument(help="Pipeline ID.")],
+    output_format: Annotated[OutputsFormat, typer.Option("--format")] = OutputsFormat.env,
+    show_secrets: ShowSecretsOpt = False,
+) -> None:
+    """Print the outputs (connection details) of an environment."""
+    from envkit.errors import ConfigError
+
+    ctx = lifecycle.Context.build(pipeline_id, settings())
+    record = lifecycle.status(ctx)
+    if record is None or not record.outputs:
+        raise ConfigError(
+            f"Pipeline {ctx.pipeline_id!r} has no environment with outputs.",
+            hint=f"Create it with 'envkit up {ctx.pipeline_id}'.",
+        )
+    if output_format is OutputsFormat.json:
+        print(render_json(record.outputs, show_secrets=show_secrets), end="")
+    elif output_format is OutputsFormat.github:
+        print(render_github_masks(record.outputs), end="")
+        print(render_env(record.outputs, show_secrets=True), end="")
+    else:
+        print(render_env(record.outputs, show_secrets=show_secrets), end="")

@@ -1,0 +1,235 @@
+"""The lifecycle of environments: up, down (or preserve), status, list.
+
+Every transition runs under the pipeline's lock, is saved in its record and appended to the event
+log with its duration, and is idempotent: ``up`` of a ready environment returns it, ``up`` after
+a crash repairs, ``down`` of an absent environment succeeds (and still sweeps leftovers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from envkit.errors import ConfigError, EnvkitError, ProvisionError
+from envkit.health import HealthReport, wait_until_healthy
+from envkit.naming import iso_utc, resolve_pipeline_id
+from envkit.outputs import complete
+from envkit.providers import Provider, ProvisionRequest, get_provider
+from envkit.redact import scrub, secret_values
+from envkit.settings import Settings
+from envkit.state import BUSY_STATUSES, Record, StateStore, Status, utcnow
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+def _quiet(step: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Context:
+    """Resolved settings, pipeline ID and state store of one operation."""
+
+    settings: Settings
+    pipeline_id: str
+    store: StateStore
+
+    @classmethod
+    def build(
+        cls, pipeline_id: str | None, settings: Settings, env: Mapping[str, str] | None = None
+    ) -> Context:
+        resolved = resolve_pipeline_id(pipeline_id, os.environ if env is None else env)
+        return cls(settings, resolved, StateStore(settings.home))
+
+
+def up(
+    ctx: Context,
+    *,
+    ttl: timedelta | None = None,
+    dataset: str | None = None,
+    progress: Progress = _quiet,
+    keep_on_failure: bool = False,
+) -> Record:
+    """Bring the environment to ``ready`` and return its record (with secret outputs)."""
+    store, pipeline_id = ctx.store, ctx.pipeline_id
+    provider = get_provider(ctx.settings.provider, ctx.settings)
+    lifetime = ttl or ctx.settings.ttl
+    with store.locked(pipeline_id, ctx.settings.lock_timeout):
+        record = store.load(pipeline_id)
+        if record is not None and record.status in (Status.READY, Status.PRESERVED):
+            if record.provider != provider.name:
+                raise ConfigError(
+                    f"Pipeline {pipeline_id!r} is already up on the {record.provider} provider.",
+                    hint=f"Run 'envkit down {pipeline_id}' first, or use --provider "
+                    f"{record.provider}.",
+                )
+            if provider.alive(record):
+                if ttl is not None:
+                    record.expires_at = iso_utc(utcnow() + lifetime)
+                    store.save(record)
+                    store.event(pipeline_id, "extended", expires_at=record.expires_at)
+                return record
+            log.warning(
+                "environment %s is recorded %s but its processes are gone: recreating",
+                pipeline_id,
+                record.status,
+            )
+        if record is not None:
+            if record.status in BUSY_STATUSES:
+                log.warning(
+                    "a previous envkit (pid %s) died while %s %s: repairing",
+                    record.owner_pid,
+                    record.status,
+                    pipeline_id,
+                )
+            store.event(pipeline_id, "repair", previous=str(record.status))
+            _destroy(provider, pipeline_id, record)
+        return _provision(ctx, provider, lifetime, dataset, progress, keep_on_failure)
+
+
+def _provision(
+    ctx: Context,
+    provider: Provider,
+    lifetime: timedelta,
+    dataset: str | None,
+    progress: Progress,
+    keep_on_failure: bool,
+) -> Record:
+    store, pipeline_id = ctx.store, ctx.pipeline_id
+    now = utcnow()
+    record = Record(
+        pipeline_id=pipeline_id,
+        provider=provider.name,
+        status=Status.PROVISIONING,
+        created_at=iso_utc(now),
+        expires_at=iso_utc(now + lifetime),
+        owner=ctx.settings.owner,
+        owner_pid=os.getpid(),
+        dataset=dataset,
+    )
+    store.save(record)
+    store.event(pipeline_id, "provisioning", provider=provider.name)
+    started = time.perf_counter()
+    request = ProvisionRequest(record, lambda: store.save(record), progress, dataset)
+    try:
+        outputs = provider.provision(request)
+        record.outputs = complete(outputs, pipeline_id=pipeline_id, provider=provider.name)
+        store.save(record)
+        progress("health")
+        health_started = time.perf_counter()
+        wait_for(provider, record, ctx.settings.health_timeout)
+        request.timings["health"] = time.perf_counter() - health_started
+        if dataset is not None:
+            progress("seed")
+            seed_started = time.perf_counter()
+            seed_dataset(ctx, record, dataset)
+            request.timings["seed"] = time.perf_counter() - seed_started
+    except BaseException as exc:
+        secrets = secret_values(record.outputs)
+        record.status = Status.FAILED
+        record.error = scrub(str(exc) if isinstance(exc, EnvkitError) else repr(exc), secrets)
+        record.timings = _rounded(request.timings, started)
+        if not keep_on_failure:
+            try:
+                _destroy(provider, pipeline_id, record)
+            except Exception as cleanup:  # report the first failure, not the cleanup's
+                log.error(
+                    "cleaning up the failed environment %s failed: %s",
+                    pipeline_id,
+                    scrub(str(cleanup), secrets),
+                )
+        store.save(record)
+        store.event(pipeline_id, "failed", error=record.error, timings=record.timings)
+        if isinstance(exc, EnvkitError | KeyboardInterrupt | SystemExit):
+            raise
+        raise ProvisionError(f"Provisioning {pipeline_id!r} failed: {record.error}") from exc
+    record.status = Status.READY
+    record.error = None
+    record.timings = _rounded(request.timings, started)
+    store.save(record)
+    store.event(pipeline_id, "ready", timings=record.timings)
+    return record
+
+
+def _rounded(timings: dict[str, float], started: float) -> dict[str, float]:
+    result = {k: round(v, 4) for k, v in timings.items()}
+    result["total"] = round(time.perf_counter() - started, 4)
+    return result
+
+
+def wait_for(provider: Provider, record: Record, timeout: float) -> HealthReport:
+    """Wait until every component of ``record`` is healthy (raises with a report if not)."""
+    return wait_until_healthy(
+        provider.probes(record), timeout=timeout, secrets=secret_values(record.outputs)
+    )
+
+
+def seed_dataset(ctx: Context, record: Record, dataset: str) -> None:
+    """The seeding hook: load ``dataset`` into the environment's database."""
+    from envkit import seeding
+
+    stats = seeding.seed_environment(ctx.settings, record, dataset)
+    ctx.store.event(record.pipeline_id, "seeded", dataset=dataset, **stats)
+
+
+def down(ctx: Context, *, preserve: bool = False, ttl: timedelta | None = None) -> Record | None:
+    """Destroy the environment (``None`` afterwards), or with ``preserve`` keep it until its TTL."""
+    store, pipeline_id = ctx.store, ctx.pipeline_id
+    lock = store.lock(pipeline_id)
+    lock.acquire(ctx.settings.lock_timeout)
+    try:
+        record = store.load(pipeline_id)
+        if preserve:
+            if record is None:
+                raise ConfigError(f"Pipeline {pipeline_id!r} has no environment to preserve.")
+            record.status = Status.PRESERVED
+            record.expires_at = iso_utc(utcnow() + (ttl or ctx.settings.preserve_ttl))
+            store.save(record)
+            store.event(pipeline_id, "preserved", expires_at=record.expires_at)
+            return record
+        provider = get_provider(record.provider if record else ctx.settings.provider, ctx.settings)
+        started = time.perf_counter()
+        if record is not None:
+            record.status = Status.DESTROYING
+            record.owner_pid = os.getpid()
+            store.save(record)
+            store.event(pipeline_id, "destroying")
+        _destroy(provider, pipeline_id, record)
+        store.delete(pipeline_id)
+        if record is not None:
+            store.event(pipeline_id, "absent", seconds=round(time.perf_counter() - started, 4))
+        lock.release(unlink=True)
+        return None
+    finally:
+        lock.release()
+
+
+def _destroy(provider: Provider, pipeline_id: str, record: Record | None) -> None:
+    provider.destroy(pipeline_id, record)
+
+
+def status(ctx: Context) -> Record | None:
+    """The record of the environment, or ``None`` when absent."""
+    return ctx.store.load(ctx.pipeline_id)
+
+
+def list_environments(settings: Settings) -> list[Record]:
+    """Every environment recorded under the settings' ENVKIT_HOME."""
+    return StateStore(settings.home).all()
+
+
+def absent_status(pipeline_id: str) -> dict[str, object]:
+    """The status object of an environment that does not exist."""
+    return {
+        "pipeline_id": pipeline_id,
+        "provider": None,
+        "status": str(Status.ABSENT),
+        "created_at": None,
+        "expires_at": None,
+    }

@@ -1,0 +1,74 @@
+"""The provider interface: where an environment's components live.
+
+A provider creates the network, database(s) and cluster of one pipeline, says how to probe
+their health, and destroys them. It records what it creates in ``record.resources`` *before*
+creating it (and calls ``save``), so a process killed at any point leaves enough for ``destroy``;
+``destroy`` is idempotent and must also work with no record at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from envkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from envkit.health import Probe
+    from envkit.settings import Settings
+    from envkit.state import Record
+
+
+def _ignore_progress(step: str) -> None:
+    return None
+
+
+@dataclass
+class ProvisionRequest:
+    """What a provider needs to create one environment."""
+
+    record: Record
+    save: Callable[[], None]
+    progress: Callable[[str], None] = _ignore_progress
+    dataset: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pipeline_id(self) -> str:
+        return self.record.pipeline_id
+
+
+class Provider(Protocol):
+    """Creates, probes and destroys the components of environments."""
+
+    name: str
+
+    def provision(self, request: ProvisionRequest) -> dict[str, str]:
+        """Create (or repair) every component; return the outputs (with secrets)."""
+        ...
+
+    def probes(self, record: Record) -> list[Probe]:
+        """Health probes for every component of a provisioned environment."""
+        ...
+
+    def alive(self, record: Record) -> bool:
+        """A cheap check that the environment's processes/resources still exist."""
+        ...
+
+    def destroy(self, pipeline_id: str, record: Record | None) -> None:
+        """Remove everything of ``pipeline_id``; succeed when nothing is there."""
+        ...
+
+
+def get_provider(name: str, settings: Settings) -> Provider:
+    """The provider called ``name`` (imported lazily: the aws one pulls in Pulumi and boto3)."""
+    if name == "local":
+        from envkit.providers.local import LocalProvider
+
+        return LocalProvider(settings)
+    if name == "aws":
+        from envkit.providers.aws import AwsProvider
+
+        return AwsProvider(settings)
+    raise ConfigError(f"Unknown provider {name!r}.", hint="Choose 'local' or 'aws'.")

@@ -1,0 +1,339 @@
+"""The local provider: real PostgreSQL servers (and service processes) on this machine.
+
+Each pipeline gets its own loopback address, its own server copied from a cached template and
+started directly, and its own credentials. Every path is derived from (data root, ENVKIT_HOME,
+pipeline ID), so ``destroy`` finds everything even when ``up`` was killed before it saved a record.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from envkit.errors import ProvisionError
+from envkit.health import PostgresProbe, Probe
+from envkit.loopback import AddressBook, bind_error, free_port
+from envkit.naming import short_hash, sql_identifier
+from envkit.osuser import RunAs, server_user
+from envkit.pgserver import (
+    PgInstall,
+    PgServer,
+    PortInUseError,
+    TemplateCache,
+    checkout,
+    cmdline,
+    configure_app,
+    find_install,
+    kill_group,
+    postmaster_pid,
+    psql_path,
+    stop_server,
+    wait_gone,
+)
+from envkit.providers import ProvisionRequest
+from envkit.redact import scrub
+from envkit.settings import Settings
+from envkit.state import Record
+
+log = logging.getLogger(__name__)
+
+STANDARD_PG_PORT = 5432
+MIN_SHM_FREE = 1 << 30  # use /dev/shm only with at least 1 GiB free
+
+
+def default_data_root(settings: Settings) -> Path:
+    """RAM-backed ``/dev/shm`` when it has room (fast, and no ext4 delete stalls), else disk."""
+    if settings.data_dir is not None:
+        return settings.data_dir
+    uid = os.geteuid()
+    shm = Path("/dev/shm")  # noqa: S108  (a private, 0711 subdirectory of it)
+    try:
+        stats = os.statvfs(shm)
+        if os.access(shm, os.W_OK) and stats.f_bavail * stats.f_frsize >= MIN_SHM_FREE:
+            return shm / f"envkit-{uid}"
+    except OSError:
+        pass
+    if uid == 0:
+        # Root's home is 0700: the unprivileged server user could not reach data under it.
+        return Path("/var/tmp") / f"envkit-{uid}"  # noqa: S108
+    return settings.home / "data"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the local provider keeps everything, for one ENVKIT_HOME."""
+
+    data_root: Path
+    home_key: str
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Layout:
+        home = settings.home.expanduser().resolve()
+        return cls(default_data_root(settings), short_hash(str(home), 10))
+
+    @property
+    def envs_root(self) -> Path:
+        return self.data_root / f"h-{self.home_key}"
+
+    @property
+    def templates(self) -> Path:
+        return self.data_root / "templates"
+
+    @property
+    def trash(self) -> Path:
+        return self.data_root / ".trash"
+
+    @property
+    def addresses(self) -> AddressBook:
+        return AddressBook(self.data_root / "addr")
+
+    def env_dir(self, pipeline_id: str) -> Path:
+        return self.envs_root / pipeline_id
+
+    def pgdata(self, pipeline_id: str) -> Path:
+        return self.env_dir(pipeline_id) / "pgdata"
+
+    def logs(self, pipeline_id: str) -> Path:
+        return self.env_dir(pipeline_id) / "logs"
+
+    def socket_dir(self, pipeline_id: str) -> Path:
+        # Unix socket paths are limited to ~107 bytes: keep this one short whatever the root.
+        return self.data_root / "s" / short_hash(f"{self.home_key}/{pipeline_id}", 12)
+
+    def owner_key(self, pipeline_id: str) -> str:
+        """What address reservations are keyed by: unique per (home, pipeline)."""
+        return f"{self.home_key}/{pipeline_id}"
+
+
+def _prewarm_imports() -> None:
+    # tenacity (~0.02 s) is needed once the server is up: import it on the other core while
+    # postgres starts in its own process.
+    import tenacity  # noqa: F401
+
+
+class LocalProvider:
+    """Components on this machine: loopback network, PostgreSQL servers, service processes."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.layout = Layout.for_settings(settings)
+
+    # -- prerequisites ------------------------------------------------------------------------
+    def install(self) -> PgInstall:
+        return find_install(self.settings.pg_bindir, cache_dir=self.settings.home / "cache")
+
+    def run_as(self) -> RunAs:
+        return server_user(self.settings.pg_user)
+
+    def templates(self, install: PgInstall, run_as: RunAs) -> TemplateCache:
+        return TemplateCache(self.layout.templates, install, run_as)
+
+    # -- provision ----------------------------------------------------------------------------
+    def provision(self, request: ProvisionRequest) -> dict[str, str]:
+        pipeline_id = request.pipeline_id
+        warm = threading.Thread(target=_prewarm_imports, daemon=True)
+        warm.start()
+        install = self.install()  # exit 2 before anything is created when binaries are missing
+        run_as = self.run_as()
+        layout = self.layout
+        self._ensure_roots(run_as)
+
+        started = time.perf_counter()
+        request.progress("network")
+        address = layout.addresses.reserve(layout.owner_key(pipeline_id), pipeline_id)
+        request.record.resources.update(
+            {
+                "data_root": str(layout.data_root),
+                "env_dir": str(layout.env_dir(pipeline_id)),
+                "host": address.host,
+                "dedicated_address": address.dedicated,
+                "run_as": run_as.name,
+                "bindir": str(install.bindir),
+            }
+        )
+        request.save()
+        request.timings["network"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        request.progress("database")
+        template = self.template_for(request, install, run_as)
+        self._clear_env_dir(pipeline_id)
+        env_dir = layout.env_dir(pipeline_id)
+        env_dir.mkdir(mode=0o711, parents=True)
+        layout.logs(pipeline_id).mkdir(mode=0o700)
+        sock = layout.socket_dir(pipeline_id)
+        sock.mkdir(mode=0o700, parents=True, exist_ok=True)
+        run_as.chown(sock)
+        request.record.resources["spare"] = checkout(template, layout.pgdata(pipeline_id))
+        server = self._start(install, run_as, pipeline_id, address.host, address.dedicated)
+        request.record.resources.update({"port": server.port, "pid": server.pid})
+        request.save()
+
+        password = secrets.token_urlsafe(24)
+        role = sql_identifier(pipeline_id)
+        warm.join()
+        try:
+            configure_app(server, role=role, database=role, password=password)
+        except Exception as exc:
+            raise ProvisionError(
+                f"Configuring the database of {pipeline_id!r} failed: {scrub(str(exc), [password])}"
+            ) from None
+        request.timings["database"] = time.perf_counter() - started
+        return {
+            "DATABASE_URL": f"postgresql://{role}:{password}@{server.host}:{server.port}/{role}",
+            "DATABASE_HOST": str(server.host),
+            "DATABASE_PORT": str(server.port),
+            "DATABASE_NAME": role,
+            "DATABASE_USER": role,
+            "DATABASE_PASSWORD": password,
+            "NETWORK_ID": f"lo:{address.host}",
+            "CLUSTER_NAME": f"envkit-{pipeline_id}",
+        }
+
+    def template_for(self, request: ProvisionRequest, install: PgInstall, run_as: RunAs) -> Path:
+        """The data directory to copy: the base template (seeding may swap in a seeded one)."""
+        return self.templates(install, run_as).base()
+
+    def _ensure_roots(self, run_as: RunAs) -> None:
+        layout = self.layout
+        for folder in (layout.data_root, layout.envs_root, layout.data_root / "s"):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o711)
+            if run_as.switch:
+                # The server user must traverse (not list) these to reach its own directories.
+                os.chmod(folder, 0o711)  # noqa: S103  (traverse only, no listing)
+
+    def _start(
+        self, install: PgInstall, run_as: RunAs, pipeline_id: str, host: str, dedicated: bool
+    ) -> PgServer:
+        port = STANDARD_PG_PORT
+        if not dedicated or bind_error(host, port) is not None:
+            port = free_port(host)
+        for attempt in range(3):
+            server = PgServer(
+                install,
+                self.layout.pgdata(pipeline_id),
+                self.layout.socket_dir(pipeline_id),
+                self.layout.logs(pipeline_id) / "postgres.log",
+                run_as,
+                host=host,
+                port=port,
+                marker=f"envkit:{pipeline_id}",
+            )
+            try:
+                return server.start()
+            except PortInUseError:
+                if attempt == 2:
+                    raise
+                log.info("port %s:%s was taken; retrying on a free port", host, port)
+                port = free_port(host)
+        raise AssertionError("unreachable")
+
+    # -- health -------------------------------------------------------------------------------
+    def probes(self, record: Record) -> list[Probe]:
+        url = record.outputs.get("DATABASE_URL")
+        if not url:
+            return []
+        psql = (
+            psql_path(PgInstall(Path(record.resources["bindir"])))
+            if record.resources.get("bindir")
+            else None
+        )
+        return [PostgresProbe(url, component="database", psql=psql)]
+
+    def alive(self, record: Record) -> bool:
+        return postmaster_pid(self.layout.pgdata(record.pipeline_id)) is not None
+
+    # -- destroy ------------------------------------------------------------------------------
+    def destroy(self, pipeline_id: str, record: Record | None) -> None:
+        layout = self.layout
+        pgdata = layout.pgdata(pipeline_id)
+        stop_server(pgdata, fast=False, timeout=5.0)
+        for pid in self.stray_processes(pipeline_id):
+            log.warning("killing stray process %s of %s", pid, pipeline_id)
+            kill_group(pid, signal.SIGKILL)
+            wait_gone(pid, 2.0)
+        self._clear_env_dir(pipeline_id)
+        shutil.rmtree(layout.socket_dir(pipeline_id), ignore_errors=True)
+        layout.addresses.release(layout.owner_key(pipeline_id))
+
+    def stray_processes(self, pipeline_id: str) -> list[int]:
+        """Processes whose command line names this pipeline's directory (postmaster.pid lost)."""
+        needle = str(self.layout.env_dir(pipeline_id)) + os.sep
+        found = []
+        for entry in os.listdir("/proc"):
+            if (
+                entry.isdigit()
+                and int(entry) != os.getpid()
+                and any(arg.startswith(needle) for arg in cmdline(int(entry)))
+            ):
+                found.append(int(entry))
+        return found
+
+    def _clear_env_dir(self, pipeline_id: str) -> None:
+        """Remove a pipeline's directory: at once on tmpfs, deferred elsewhere.
+
+        On ext4, deleting a data directory makes later file creation stall for minutes, so the
+        directory is renamed into the trash (instant) and deleted by a detached low-priority
+        process; a fresh environment never waits for it.
+        """
+        env_dir = self.layout.env_dir(pipeline_id)
+        if not env_dir.exists():
+            return
+        if _on_tmpfs(env_dir):
+            shutil.rmtree(env_dir)
+            return
+        trash = self.layout.trash
+        trash.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target = trash / f"{secrets.token_hex(8)}"
+        try:
+            os.rename(env_dir, target)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV,):
+                raise
+            shutil.rmtree(env_dir)
+            return
+        empty_trash_later(trash)
+
+
+def _on_tmpfs(path: Path) -> bool:
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as fh:
+            mounts = [line.split()[:3] for line in fh]
+    except OSError:
+        return False
+    real = str(path.resolve())
+    best = ("", "")
+    for _dev, mount, fstype in mounts:
+        if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) > len(
+            best[0]
+        ):
+            best = (mount, fstype)
+    return best[1] == "tmpfs"
+
+
+def empty_trash_later(trash: Path) -> None:
+    """Delete the trash in a detached, niced process that outlives this one."""
+    code = (
+        "import shutil,sys,pathlib\n"
+        "for p in pathlib.Path(sys.argv[1]).iterdir(): shutil.rmtree(p, ignore_errors=True)"
+    )
+    subprocess.Popen(
+        ["nice", "-n", "19", sys.executable, "-c", code, str(trash)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )

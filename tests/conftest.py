@@ -1,0 +1,69 @@
+"""Shared fixtures: every test gets its own ENVKIT_HOME, and everything it started is stopped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from envkit.settings import Settings
+
+CI_VARIABLES = (
+    "GITHUB_RUN_ID", "GITHUB_RUN_ATTEMPT", "GITHUB_REPOSITORY", "CI_PIPELINE_ID", "CI_JOB_ID",
+    "CI_PROJECT_PATH", "BUILD_TAG", "BUILDKITE_BUILD_ID", "CIRCLE_WORKFLOW_ID",
+    "ENVKIT_PIPELINE_ID", "ENVKIT_PROVIDER", "ENVKIT_DATASET", "ENVKIT_TTL", "ENVKIT_SEEDS_DIR",
+)
+
+
+def tear_down_home(home: Path) -> None:
+    """Destroy every environment recorded under ``home`` and kill any process left in its
+    data directories, so a failing test never leaks a server."""
+    from envkit import lifecycle
+    from envkit.pgserver import cmdline
+    from envkit.providers.local import Layout
+
+    settings = Settings.resolve({"home": home})
+    for record in lifecycle.list_environments(settings):
+        try:
+            lifecycle.down(lifecycle.Context.build(record.pipeline_id, settings))
+        except Exception:  # keep going: the sweep below catches what this missed
+            pass
+    envs_root = str(Layout.for_settings(settings).envs_root) + os.sep
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and any(a.startswith(envs_root) for a in cmdline(int(entry))):
+            try:
+                os.killpg(int(entry), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                try:
+                    os.kill(int(entry), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    shutil.rmtree(envs_root, ignore_errors=True)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CI or envkit variables from the machine running the tests."""
+    for name in CI_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def envkit_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_env: None
+                ) -> Iterator[Path]:
+    """A private ENVKIT_HOME; every environment created in it is destroyed afterwards."""
+    home = tmp_path / "envkit-home"
+    monkeypatch.setenv("ENVKIT_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    yield home
+    tear_down_home(home)
+
+
+@pytest.fixture
+def settings(envkit_home: Path) -> Settings:
+    """Settings for the private home."""
+    return Settings.resolve({"home": envkit_home})
