@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from envkit import lifecycle
+from envkit.ci_outputs import write_env_file, write_github_for
 from envkit.cli import app
 from envkit.cli.render import console, print_json, progress, settings
 from envkit.durations import parse_duration
-from envkit.outputs import render_env, render_github_masks, render_json, visible
+from envkit.outputs import render_env, render_json, visible
 from envkit.state import Record
 
 
@@ -41,6 +43,15 @@ ProviderOpt = Annotated[
 ShowSecretsOpt = Annotated[
     bool, typer.Option("--show-secrets", help="Print passwords and URLs with passwords in clear.")
 ]
+EnvFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--env-file",
+        help="Also write the outputs to this dotenv file (mode 0600) WITH REAL SECRET VALUES: "
+        "it is an artifact for later CI jobs (e.g. a GitLab 'dotenv' report); keep it private.",
+        show_default=False,
+    ),
+]
 
 
 def _ttl(value: str | None, what: str = "TTL"):  # type: ignore[no-untyped-def]
@@ -59,6 +70,7 @@ def up(
         OutputFormat, typer.Option("--format", help="How to print the outputs.")
     ] = OutputFormat.text,
     show_secrets: ShowSecretsOpt = False,
+    env_file: EnvFileOpt = None,
 ) -> None:
     """Create the environment of a pipeline (or return it when it is already up)."""
     lifetime = _ttl(ttl)
@@ -67,6 +79,8 @@ def up(
         f"Bringing up {ctx.pipeline_id}", enabled=output_format is OutputFormat.text
     ) as step:
         record = lifecycle.up(ctx, ttl=lifetime, dataset=ctx.settings.dataset, progress=step)
+    if env_file is not None:
+        write_env_file(record.outputs, env_file)
     show_record(record, output_format, show_secrets)
 
 
@@ -86,8 +100,7 @@ def show_record(record: Record, output_format: OutputFormat, show_secrets: bool)
     elif output_format is OutputFormat.env:
         print(render_env(record.outputs, show_secrets=show_secrets), end="")
     elif output_format is OutputFormat.github:
-        print(render_github_masks(record.outputs), end="")
-        print(render_env(record.outputs, show_secrets=True), end="")
+        print(write_github_for(record).stdout, end="")
     else:
         out = console()
         total = record.timings.get("total")
@@ -173,6 +186,7 @@ def outputs(
     pipeline_id: Annotated[str, typer.Argument(help="Pipeline ID.")],
     output_format: Annotated[OutputsFormat, typer.Option("--format")] = OutputsFormat.env,
     show_secrets: ShowSecretsOpt = False,
+    env_file: EnvFileOpt = None,
 ) -> None:
     """Print the outputs (connection details) of an environment."""
     from envkit.errors import ConfigError
@@ -184,10 +198,11 @@ def outputs(
             f"Pipeline {ctx.pipeline_id!r} has no environment with outputs.",
             hint=f"Create it with 'envkit up {ctx.pipeline_id}'.",
         )
+    if env_file is not None:
+        write_env_file(record.outputs, env_file)
     if output_format is OutputsFormat.json:
         print(render_json(record.outputs, show_secrets=show_secrets), end="")
     elif output_format is OutputsFormat.github:
-        print(render_github_masks(record.outputs), end="")
-        print(render_env(record.outputs, show_secrets=True), end="")
+        print(write_github_for(record).stdout, end="")
     else:
         print(render_env(record.outputs, show_secrets=show_secrets), end="")
