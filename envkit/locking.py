@@ -48,6 +48,15 @@ class FileLock:
                 same = False
             if same:
                 self._fd = fd
+                # release() empties the file, so a pid still in it belongs to a holder that died
+                # (SIGKILL) with the lock: flock already freed it; say so once.
+                previous = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                if previous and previous != str(os.getpid()):
+                    log.warning(
+                        "%s: the previous lock holder (pid %s) died while holding it; taking over",
+                        self.what,
+                        previous,
+                    )
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())
                 return True
@@ -84,6 +93,8 @@ class FileLock:
             return
         if unlink:
             self.path.unlink(missing_ok=True)
+        else:
+            os.ftruncate(self._fd, 0)  # an empty file means "released cleanly" (see above)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
