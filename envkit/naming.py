@@ -113,6 +113,64 @@ def sql_identifier(pipeline_id: str, prefix: str = "envkit") -> str:
     return shorten(base, 63, digest_of=pipeline_id, sep="_")
 
 
+# -- AWS names ------------------------------------------------------------------------------
+# Lengths of the AWS names envkit sets (the tightest rule of each resource type).
+RDS_IDENTIFIER_LIMIT = 63  # also: lowercase, starts with a letter, no '--', no trailing '-'
+PG_DATABASE_NAME_LIMIT = 63  # RDS PostgreSQL DBName: letters and digits, starts with a letter
+IAM_ROLE_NAME_LIMIT = 64
+AWS_NAME_LIMIT = 255  # security groups, DB subnet groups, ECS clusters/services/task families
+AWS_TAG_VALUE_LIMIT = 256
+_RDS_IDENTIFIER_RE = re.compile(r"^[a-z](?!.*--)[a-z0-9-]*(?<!-)$")
+_PG_DATABASE_NAME_RE = re.compile(r"^[a-z][a-z0-9]*$")
+_TAG_VALUE_INVALID = re.compile(r"[^\w .:/=+\-@]")
+
+
+def aws_name(pipeline_id: str, kind: str = "", *, limit: int = RDS_IDENTIFIER_LIMIT) -> str:
+    """``envkit-<id>[-<kind>]`` valid for every AWS name rule envkit meets: lowercase letters,
+    digits and single hyphens, starting with a letter, no trailing hyphen, at most ``limit``.
+
+    A pipeline ID with ``--`` or a trailing ``-`` is folded and given a hash suffix of the real
+    ID, as is one too long, so two IDs never share a name; ``kind`` is never cut off.
+    """
+    folded = re.sub(r"-{2,}", "-", pipeline_id).strip("-")
+    base = f"envkit-{folded}"
+    room = limit - (len(kind) + 1 if kind else 0)
+    if folded != pipeline_id or len(base) > room:
+        suffix = short_hash(pipeline_id)
+        base = f"{base[: room - len(suffix) - 1].rstrip('-')}-{suffix}"
+    return f"{base}-{kind}" if kind else base
+
+
+def rds_identifier(pipeline_id: str, kind: str = "db") -> str:
+    """The RDS DB instance identifier of a pipeline's database."""
+    return aws_name(pipeline_id, kind, limit=RDS_IDENTIFIER_LIMIT)
+
+
+def is_valid_rds_identifier(name: str) -> bool:
+    """Whether ``name`` meets the RDS identifier rules."""
+    return len(name) <= RDS_IDENTIFIER_LIMIT and bool(_RDS_IDENTIFIER_RE.match(name))
+
+
+def pg_database_name(pipeline_id: str) -> str:
+    """The initial database name of an RDS PostgreSQL instance: letters and digits only."""
+    return shorten(
+        "envkit" + re.sub(r"[^a-z0-9]", "", pipeline_id),
+        PG_DATABASE_NAME_LIMIT,
+        digest_of=pipeline_id,
+        sep="",
+    )
+
+
+def is_valid_pg_database_name(name: str) -> bool:
+    """Whether ``name`` meets the RDS PostgreSQL DBName rules."""
+    return len(name) <= PG_DATABASE_NAME_LIMIT and bool(_PG_DATABASE_NAME_RE.match(name))
+
+
+def aws_tag_value(value: str) -> str:
+    """``value`` with characters AWS tags refuse replaced by '_', cut to 256 characters."""
+    return _TAG_VALUE_INVALID.sub("_", value)[:AWS_TAG_VALUE_LIMIT]
+
+
 @dataclass(frozen=True)
 class Tags:
     """The tags every resource of an environment carries."""
@@ -132,6 +190,10 @@ class Tags:
         if self.preserve:
             tags[TAG_PRESERVE] = "true"
         return tags
+
+    def as_aws_tags(self) -> dict[str, str]:
+        """Tags with values AWS accepts (an owner such as 'ci#7' would be refused)."""
+        return {key: aws_tag_value(value) for key, value in self.as_dict().items()}
 
 
 def iso_utc(moment: datetime) -> str:
