@@ -94,6 +94,8 @@ _TABLE: tuple[_Field, ...] = (
     _Field("health_timeout", _seconds, "ENVKIT_HEALTH_TIMEOUT"),
     _Field("pulumi_backend", str, "ENVKIT_PULUMI_BACKEND"),
     _Field("aws_region", str, "ENVKIT_AWS_REGION"),
+    _Field("pulumi_secrets_provider", str, "ENVKIT_PULUMI_SECRETS_PROVIDER"),
+    _Field("pulumi_base_stack", str, "ENVKIT_PULUMI_BASE_STACK"),
 )
 _BY_NAME = {f.name: f for f in _TABLE}
 
@@ -117,6 +119,8 @@ class Settings:
     health_timeout: float = 120.0
     pulumi_backend: str | None = None
     aws_region: str | None = None
+    pulumi_secrets_provider: str | None = None  # e.g. awskms://alias/envkit; else passphrase
+    pulumi_base_stack: str | None = None  # shared-network mode: the long-lived base stack
     project_file: Path | None = None
 
     @classmethod
