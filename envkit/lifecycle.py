@@ -60,6 +60,7 @@ def up(
     store, pipeline_id = ctx.store, ctx.pipeline_id
     provider = get_provider(ctx.settings.provider, ctx.settings)
     lifetime = ttl or ctx.settings.ttl
+    provider.preflight()  # a missing prerequisite is exit 2 with nothing created
     with store.locked(pipeline_id, ctx.settings.lock_timeout):
         record = store.load(pipeline_id)
         if record is not None and record.status in (Status.READY, Status.PRESERVED):
@@ -208,6 +209,23 @@ def down(ctx: Context, *, preserve: bool = False, ttl: timedelta | None = None) 
         return None
     finally:
         lock.release()
+
+
+def extend(ctx: Context, ttl: timedelta) -> Record:
+    """Give a ready or preserved environment a new ``expires_at`` of now + ``ttl``."""
+    store, pipeline_id = ctx.store, ctx.pipeline_id
+    with store.locked(pipeline_id, ctx.settings.lock_timeout):
+        record = store.load(pipeline_id)
+        if record is None or record.status not in (Status.READY, Status.PRESERVED):
+            raise ConfigError(
+                f"Pipeline {pipeline_id!r} has no ready or preserved environment to extend "
+                f"(status: {record.status if record else Status.ABSENT}).",
+                hint=f"Create it with 'envkit up {pipeline_id}'.",
+            )
+        record.expires_at = iso_utc(utcnow() + ttl)
+        store.save(record)
+        store.event(pipeline_id, "extended", expires_at=record.expires_at)
+        return record
 
 
 def _destroy(provider: Provider, pipeline_id: str, record: Record | None) -> None:

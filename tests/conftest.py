@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -28,20 +29,16 @@ def tear_down_home(home: Path) -> None:
 
     settings = Settings.resolve({"home": home})
     for record in lifecycle.list_environments(settings):
-        try:
+        with contextlib.suppress(Exception):  # keep going: the sweep below catches the rest
             lifecycle.down(lifecycle.Context.build(record.pipeline_id, settings))
-        except Exception:  # keep going: the sweep below catches what this missed
-            pass
     envs_root = str(Layout.for_settings(settings).envs_root) + os.sep
     for entry in os.listdir("/proc"):
         if entry.isdigit() and any(a.startswith(envs_root) for a in cmdline(int(entry))):
             try:
                 os.killpg(int(entry), signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(int(entry), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
     shutil.rmtree(envs_root, ignore_errors=True)
 
 

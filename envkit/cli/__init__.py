@@ -30,8 +30,6 @@ from envkit.cli import core  # noqa: E402,F401
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and ``python -m envkit``."""
-    import click
-
     from envkit.cli.render import error_console
 
     logging.basicConfig(
@@ -39,24 +37,17 @@ def main(argv: list[str] | None = None) -> None:
         format="envkit: %(message)s",
     )
     try:
-        result = app(args=argv, prog_name="envkit", standalone_mode=False)
+        # Standalone mode: Typer/click print usage errors and exit 2 themselves (whichever
+        # click Typer uses: recent Typer vendors its own); our errors propagate to here.
+        app(args=argv, prog_name="envkit")
     except EnvkitError as exc:
         error_console().print(f"[bold red]Error:[/] {exc.message}", highlight=False)
         if exc.hint:
             error_console().print(exc.hint, highlight=False)
         sys.exit(exc.exit_code)
-    except click.exceptions.UsageError as exc:
-        exc.show()
-        sys.exit(2)
-    except click.exceptions.Abort:
-        error_console().print("Aborted.")
-        sys.exit(130)
     except KeyboardInterrupt:
         error_console().print("Interrupted.")
         sys.exit(130)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
     except Exception as exc:  # a bug: say so briefly; the traceback only on request
         if os.environ.get("ENVKIT_DEBUG"):
             raise
@@ -66,4 +57,3 @@ def main(argv: list[str] | None = None) -> None:
             highlight=False,
         )
         sys.exit(1)
-    sys.exit(result if isinstance(result, int) else 0)

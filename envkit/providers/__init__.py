@@ -44,6 +44,11 @@ class Provider(Protocol):
 
     name: str
 
+    def preflight(self) -> None:
+        """Check prerequisites (binaries, CLIs, credentials) before anything is created;
+        raise ``PrerequisiteError`` / ``ConfigError`` (exit 2) when one is missing."""
+        ...
+
     def provision(self, request: ProvisionRequest) -> dict[str, str]:
         """Create (or repair) every component; return the outputs (with secrets)."""
         ...

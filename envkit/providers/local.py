@@ -140,6 +140,10 @@ class LocalProvider:
     def templates(self, install: PgInstall, run_as: RunAs) -> TemplateCache:
         return TemplateCache(self.layout.templates, install, run_as)
 
+    def preflight(self) -> None:
+        self.install()
+        self.run_as()
+
     # -- provision ----------------------------------------------------------------------------
     def provision(self, request: ProvisionRequest) -> dict[str, str]:
         pipeline_id = request.pipeline_id
