@@ -141,7 +141,10 @@ def down(
     if record is None:
         console().print(f"[green]✔[/] Environment [bold]{ctx.pipeline_id}[/] is gone.")
     else:
-        show_record(record, OutputFormat.text, show_secrets)
+        from envkit.runner import debug_instructions
+
+        for line in debug_instructions(record, show_secrets=show_secrets):
+            console().print(line, markup=False)
 
 
 @app.command()

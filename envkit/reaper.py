@@ -1,0 +1,415 @@
+"""The reaper: removes what outlived its purpose, and nothing else.
+
+What it reaps (for one ``ENVKIT_HOME``):
+
+- environments whose TTL has passed (any status);
+- environments stuck in ``provisioning``/``destroying`` whose owner died (their lock is free: a
+  ``flock`` dies with its process, so a free lock on a busy record proves the owner is gone);
+- for the local provider, leftovers with no state record, found by envkit's own markers: a
+  directory under this home's ``Layout.envs_root``, a process whose command line names such a
+  directory, or a loopback address reserved under this home's key; plus stale spare copies
+  (``.tmp-*``) and template build directories whose builder is gone.
+
+Every decision about a pipeline is taken, and acted on, while holding that pipeline's lock, so a
+concurrent ``up``/``down`` is never raced: a locked pipeline is always kept. Nothing outside
+envkit's own directories and marked processes is ever looked at, so nothing envkit did not create
+can be touched. ``--provider aws`` hands the tag-based leak scan to :mod:`envkit.cloudsweep`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from envkit.errors import EnvkitError
+from envkit.locking import FileLock
+from envkit.naming import parse_iso
+from envkit.providers import Provider, get_provider
+from envkit.settings import Settings
+from envkit.state import BUSY_STATUSES, Record, StateStore, Status, utcnow
+
+log = logging.getLogger(__name__)
+
+WORKERS = 8  # destroys wait on processes and file systems, not the CPU: overlap them
+EMPTY_RESERVATION_GRACE = timedelta(seconds=10)  # a reservation is written microseconds after
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one pipeline, and why (the reason is shown to users)."""
+
+    reap: bool
+    reason: str
+
+
+@dataclass
+class ReapReport:
+    """What a reap did (or, with ``dry_run``, would do); the shape of ``reap --json``."""
+
+    reaped: list[dict[str, Any]] = field(default_factory=list)
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    dry_run: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        """``{"reaped": [...], "kept": [...], "errors": [...], "dry_run": bool}``."""
+        return {
+            "reaped": self.reaped,
+            "kept": self.kept,
+            "errors": self.errors,
+            "dry_run": self.dry_run,
+        }
+
+
+def _age(since: datetime | None, now: datetime) -> timedelta:
+    return now - since if since is not None else timedelta.max
+
+
+def decide(
+    record: Record,
+    *,
+    now: datetime,
+    locked: bool,
+    older_than: timedelta | None = None,
+) -> Decision:
+    """Whether to reap the environment of ``record``.
+
+    ``locked``: a live process holds the pipeline's lock. ``older_than``: a grace period — reap
+    only what expired (or got stuck) at least that long ago.
+    """
+    grace = older_than or timedelta(0)
+    if locked:
+        return Decision(False, "busy: another envkit process holds its lock")
+    if record.status in BUSY_STATUSES:
+        stuck_since = _parse(record.updated_at) or _parse(record.created_at)
+        if _age(stuck_since, now) < grace:
+            return Decision(False, f"stuck in {record.status} for less than {grace}")
+        return Decision(True, f"stuck in {record.status}: its owner (pid {record.owner_pid}) died")
+    if record.expired(now):
+        if now - record.expires < grace:
+            return Decision(False, f"expired at {record.expires_at}, within --older-than")
+        return Decision(True, f"expired at {record.expires_at}")
+    return Decision(False, f"{record.status} until {record.expires_at}")
+
+
+def decide_orphan(
+    evidence: list[str], *, now: datetime, since: datetime | None, older_than: timedelta | None
+) -> Decision:
+    """Whether to reap leftovers of a pipeline that has no state record (``evidence`` names
+    what was found: directory, process, address)."""
+    if not evidence:
+        return Decision(False, "nothing left")
+    if older_than is not None and _age(since, now) < older_than:
+        return Decision(False, f"leftover younger than {older_than}")
+    return Decision(True, "no state record; leftover " + ", ".join(evidence))
+
+
+def _parse(text: str) -> datetime | None:
+    try:
+        return parse_iso(text) if text else None
+    except ValueError:
+        return None
+
+
+class Reaper:
+    """One reap over one ``ENVKIT_HOME`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dry_run: bool = False,
+        older_than: timedelta | None = None,
+        provider: str | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dry_run = dry_run
+        self.older_than = older_than
+        self.provider_name = provider or settings.provider
+        self.now = now or utcnow()
+        self.store = StateStore(settings.home)
+        self.report = ReapReport(dry_run=dry_run)
+        self._providers: dict[str, Provider] = {}
+
+    def provider(self, name: str) -> Provider:
+        if name not in self._providers:
+            self._providers[name] = get_provider(name, self.settings)
+        return self._providers[name]
+
+    # -- entry point ----------------------------------------------------------------------------
+    def run(self) -> ReapReport:
+        """Reap records, then (local) unrecorded leftovers, then (aws) tagged cloud leaks."""
+        records = [r for r in self.store.all() if r.provider == self.provider_name]
+        recorded = {r.pipeline_id for r in self.store.all()}
+        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            results = list(pool.map(self._recorded, [r.pipeline_id for r in records]))
+            if self.provider_name == "local":
+                orphans = self._orphan_evidence(recorded)
+                results += list(pool.map(lambda item: self._orphan(*item), orphans.items()))
+        for bucket, entry in results:
+            if entry is not None:
+                getattr(self.report, bucket).append(entry)
+        if self.provider_name == "local":
+            self._machine_leftovers()
+            self._stray_lock_files()
+        if self.provider_name == "aws":
+            self._cloud()
+        for entries in (self.report.reaped, self.report.kept, self.report.errors):
+            entries.sort(key=lambda e: (str(e.get("pipeline_id")), str(e.get("kind"))))
+        return self.report
+
+    # -- environments with a record -----------------------------------------------------------
+    def _recorded(self, pipeline_id: str) -> tuple[str, dict[str, Any] | None]:
+        lock = self.store.lock(pipeline_id)
+        got = lock.try_acquire()
+        try:
+            record = self.store.load(pipeline_id)
+            if record is None:  # destroyed by someone else since we listed it
+                return "kept", None
+            decision = decide(record, now=self.now, locked=not got, older_than=self.older_than)
+            entry: dict[str, Any] = {
+                "pipeline_id": pipeline_id,
+                "kind": "environment",
+                "provider": record.provider,
+                "status": str(record.status),
+                "expires_at": record.expires_at,
+                "reason": decision.reason,
+            }
+            if not decision.reap:
+                return "kept", entry
+            return self._destroy(pipeline_id, record, lock, entry)
+        finally:
+            lock.release()
+
+    def _destroy(
+        self, pipeline_id: str, record: Record | None, lock: FileLock, entry: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """Destroy under the held ``lock``: mark ``destroying`` first (a reaper killed now
+        leaves a busy record with a free lock, which the next reap picks up), then delete."""
+        if self.dry_run:
+            return "reaped", entry
+        started = time.perf_counter()
+        try:
+            if record is not None:
+                record.status = Status.DESTROYING
+                record.owner_pid = os.getpid()
+                self.store.save(record)
+                self.store.event(pipeline_id, "destroying", by="reap", reason=entry["reason"])
+            name = record.provider if record is not None else "local"
+            self.provider(name).destroy(pipeline_id, record)
+        except EnvkitError as exc:
+            entry["error"] = exc.message
+            self.store.event(pipeline_id, "reap-failed", error=exc.message)
+            return "errors", entry
+        except OSError as exc:
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            self.store.event(pipeline_id, "reap-failed", error=entry["error"])
+            return "errors", entry
+        self.store.delete(pipeline_id)
+        entry["seconds"] = round(time.perf_counter() - started, 4)
+        self.store.event(pipeline_id, "reaped", reason=entry["reason"], seconds=entry["seconds"])
+        lock.release(unlink=True)
+        return "reaped", entry
+
+    # -- local leftovers without a record -----------------------------------------------------
+    def _layout(self) -> Any:
+        from envkit.providers.local import Layout
+
+        return Layout.for_settings(self.settings)
+
+    def _orphan_evidence(self, recorded: set[str]) -> dict[str, list[str]]:
+        """pipeline ID -> what was found of it without a record, from envkit's markers only."""
+        layout = self._layout()
+        found: dict[str, list[str]] = {}
+        envs_root: Path = layout.envs_root
+        if envs_root.is_dir():
+            for child in envs_root.iterdir():
+                if child.is_dir() and child.name not in recorded:
+                    found.setdefault(child.name, []).append("directory")
+        for pipeline_id in marked_processes(envs_root):
+            if pipeline_id not in recorded:
+                found.setdefault(pipeline_id, []).append("process")
+        prefix = f"{layout.home_key}/"
+        for owner in layout.addresses.owners().values():
+            if owner.startswith(prefix) and owner[len(prefix) :] not in recorded:
+                found.setdefault(owner[len(prefix) :], []).append("address")
+        return found
+
+    def _orphan(self, pipeline_id: str, evidence: list[str]) -> tuple[str, dict[str, Any] | None]:
+        lock = self.store.lock(pipeline_id)
+        entry: dict[str, Any] = {"pipeline_id": pipeline_id, "kind": "leftover"}
+        if not lock.try_acquire():
+            entry["reason"] = "busy: another envkit process holds its lock"
+            return "kept", entry
+        try:
+            if self.store.load(pipeline_id) is not None:
+                return "kept", None  # an up created it since we looked: not a leftover
+            env_dir = self._layout().env_dir(pipeline_id)
+            decision = decide_orphan(
+                evidence, now=self.now, since=_mtime(env_dir), older_than=self.older_than
+            )
+            entry["reason"] = decision.reason
+            if not decision.reap:
+                return "kept", entry
+            return self._destroy(pipeline_id, None, lock, entry)
+        finally:
+            lock.release()
+
+    def _machine_leftovers(self) -> None:
+        """Spare copies and template builds left half-done, and reservations never written.
+
+        These live under the data root shared by every ENVKIT_HOME of this user; each is removed
+        only while holding the lock its creator holds, so a live refill or build is never hit.
+        """
+        layout = self._layout()
+        templates: Path = layout.templates
+        if templates.is_dir():
+            for spares in templates.glob("*.spares"):
+                stale = [p for p in spares.glob(".tmp-*") if p.is_dir()]
+                if stale:
+                    self._under_lock(spares / ".refill.lock", stale, "spare copy")
+            for scratch in templates.glob(".build-*"):
+                key = scratch.name[len(".build-") :].rsplit("-", 1)[0]
+                self._under_lock(templates / f"{key}.lock", [scratch], "template build")
+        book = layout.addresses
+        for host, owner in book.owners().items():
+            path = book.folder / host
+            since = _mtime(path)
+            # A reservation is created empty and written at once; one still empty after the
+            # grace period belongs to a process killed in between, and names no owner at all.
+            if owner == "" and since is not None and self.now - since >= EMPTY_RESERVATION_GRACE:
+                entry = {
+                    "pipeline_id": None,
+                    "kind": "address",
+                    "resource": host,
+                    "reason": "empty address reservation",
+                }
+                if not self.dry_run:
+                    path.unlink(missing_ok=True)
+                self.report.reaped.append(entry)
+
+    def _under_lock(self, lock_path: Path, paths: list[Path], kind: str) -> None:
+        lock = FileLock(lock_path, what=str(lock_path))
+        if not lock.try_acquire():
+            return  # its creator is alive and still working on it
+        try:
+            for path in paths:
+                entry = {
+                    "pipeline_id": None,
+                    "kind": kind,
+                    "resource": str(path),
+                    "reason": "its creator is gone",
+                }
+                if not self.dry_run:
+                    _kill_marked(str(path) + os.sep)
+                    shutil.rmtree(path, ignore_errors=True)
+                self.report.reaped.append(entry)
+        finally:
+            lock.release()
+
+    def _stray_lock_files(self) -> None:
+        """Lock files of pipelines with no record (an ``up`` killed before its first save)."""
+        locks = self.store.home / "locks"
+        if self.dry_run or not locks.is_dir():
+            return
+        for path in locks.glob("*.lock"):
+            pipeline_id = path.name[: -len(".lock")]
+            if self.store.record_path(pipeline_id).exists():
+                continue
+            lock = self.store.lock(pipeline_id)
+            if lock.try_acquire():
+                if self.store.load(pipeline_id) is None:
+                    lock.release(unlink=True)
+                lock.release()
+
+    # -- cloud ------------------------------------------------------------------------------------
+    def _cloud(self) -> None:
+        try:
+            from envkit import cloudsweep  # type: ignore[attr-defined,unused-ignore]
+        except ImportError as exc:
+            self.report.errors.append(
+                {
+                    "pipeline_id": None,
+                    "kind": "cloud",
+                    "error": f"the AWS leak sweep is not available: {exc}",
+                }
+            )
+            return
+        try:
+            swept = cloudsweep.sweep(
+                region=self.settings.aws_region,
+                dry_run=self.dry_run,
+                now=self.now,
+                older_than=self.older_than,
+            )
+        except EnvkitError as exc:
+            self.report.errors.append({"pipeline_id": None, "kind": "cloud", "error": exc.message})
+            return
+        self.report.reaped.extend(swept.reaped)
+        self.report.kept.extend(swept.kept)
+        self.report.errors.extend(swept.errors)
+
+
+def reap(
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    older_than: timedelta | None = None,
+    provider: str | None = None,
+    now: datetime | None = None,
+) -> ReapReport:
+    """Reap expired environments, dead owners' leftovers and unrecorded leftovers; see module."""
+    return Reaper(
+        settings, dry_run=dry_run, older_than=older_than, provider=provider, now=now
+    ).run()
+
+
+def marked_processes(envs_root: Path) -> dict[str, list[int]]:
+    """pipeline ID -> pids of processes whose command line names a path under ``envs_root``:
+    envkit's marker on every server (and copy) it starts for this home."""
+    needle = str(envs_root) + os.sep
+    found: dict[str, list[int]] = {}
+    from envkit.pgserver import cmdline
+
+    for entry in _pids():
+        for arg in cmdline(entry):
+            if arg.startswith(needle):
+                pipeline_id = arg[len(needle) :].split(os.sep, 1)[0]
+                if pipeline_id:
+                    found.setdefault(pipeline_id, []).append(entry)
+                break
+    return found
+
+
+def _pids() -> Iterable[int]:
+    me = os.getpid()
+    return (int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != me)
+
+
+def _kill_marked(needle: str) -> None:
+    """SIGKILL the process groups of processes whose command line names a path under
+    ``needle`` (a template build's scratch server)."""
+    from envkit.pgserver import cmdline, kill_group, wait_gone
+
+    for pid in _pids():
+        if any(arg.startswith(needle) for arg in cmdline(pid)):
+            log.warning("killing leftover process %s under %s", pid, needle)
+            kill_group(pid, signal.SIGKILL)
+            wait_gone(pid, 2.0)
+
+
+def _mtime(path: Path) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except OSError:
+        return None

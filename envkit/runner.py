@@ -1,0 +1,257 @@
+"""``envkit run``: up → run a command with the outputs in its environment → destroy or preserve.
+
+The one-liner a CI job needs in place of provision / test / "cleanup (success)" / "cleanup
+(failure — preserve for debug)" stages. The command's exit code decides the policy (0: success)
+and is returned unchanged, so CI sees the test result; a command killed by signal N gives
+``128 + N`` as a shell would.
+
+Signals: SIGINT, SIGTERM and SIGHUP sent to envkit while the command runs are forwarded to the
+command's process group; envkit then waits (``grace`` seconds, then SIGKILL) and applies the
+failure policy. During ``up`` they abort provisioning, which cleans up after itself. A SIGKILL
+of envkit itself is handled by state + TTL + ``envkit reap``, like every other crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from types import FrameType
+
+from envkit import lifecycle
+from envkit.errors import ConfigError
+from envkit.outputs import visible
+from envkit.state import Record, Status
+
+log = logging.getLogger(__name__)
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+DEFAULT_GRACE = 10.0
+
+
+class OnSuccess(StrEnum):
+    """What ``run`` does with the environment when the command exits 0."""
+
+    destroy = "destroy"
+    keep = "keep"
+
+
+class OnFailure(StrEnum):
+    """What ``run`` does with the environment when the command fails or is interrupted."""
+
+    preserve = "preserve"
+    destroy = "destroy"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended: the command's exit code and what became of the environment."""
+
+    exit_code: int
+    outcome: str  # "destroyed", "kept" or "preserved"
+    pipeline_id: str
+    record: Record | None  # the kept or preserved environment; None once destroyed
+    interrupted: bool = False
+
+
+class _Interrupted(KeyboardInterrupt):
+    """A forwarded signal arrived while ``up`` was running (a KeyboardInterrupt, so ``up``
+    cleans up what it created and re-raises it as it does for Ctrl-C)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """Installs handlers for the forwarded signals and remembers the first one received."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.child_group: int | None = None
+        self.raise_now = True  # during up: abort it; while the command runs: forward
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signum
+        if self.child_group is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.child_group, signum)
+        elif self.raise_now:
+            self.raise_now = False  # raise once; cleanup after that must not be interrupted
+            raise _Interrupted(signum)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Signals]:
+        previous = {sig: signal.signal(sig, self.handle) for sig in FORWARDED}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def run(
+    ctx: lifecycle.Context,
+    command: Sequence[str],
+    *,
+    ttl: timedelta | None = None,
+    preserve_ttl: timedelta | None = None,
+    dataset: str | None = None,
+    on_success: OnSuccess = OnSuccess.destroy,
+    on_failure: OnFailure = OnFailure.preserve,
+    progress: lifecycle.Progress = lifecycle._quiet,
+    grace: float = DEFAULT_GRACE,
+    env: Mapping[str, str] | None = None,
+    on_ready: Callable[[Record], None] | None = None,
+) -> RunResult:
+    """Bring the environment up, run ``command`` in it and destroy or preserve it by policy.
+
+    ``ttl`` is the environment's lifetime while the command runs and, unless ``preserve_ttl``
+    is given, once preserved too. ``on_ready`` is called once the environment is up, before
+    the command starts. Raises ``EnvkitError`` when ``up`` fails (nothing is left).
+    """
+    if not command:
+        raise ConfigError(
+            "No command to run.", hint="Put it after '--': envkit run [ID] -- pytest -x"
+        )
+    signals = _Signals()
+    with signals.installed():
+        try:
+            record = lifecycle.up(ctx, ttl=ttl, dataset=dataset, progress=progress)
+        except _Interrupted as exc:
+            # Provisioning cleans up after itself; but the signal may also have landed after
+            # the environment became ready: then it is a failed run like any other.
+            signals.raise_now = False
+            ready = lifecycle.status(ctx)
+            if ready is None or ready.status is not Status.READY:
+                return RunResult(128 + exc.signum, "destroyed", ctx.pipeline_id, None, True)
+            return _finish(
+                ctx, 128 + exc.signum, True, ready, on_success, on_failure, preserve_ttl or ttl
+            )
+        signals.raise_now = False
+        if on_ready is not None:
+            on_ready(record)
+        code = _execute(
+            command, {**(env if env is not None else os.environ), **record.outputs}, signals, grace
+        )
+        interrupted = signals.received is not None
+        return _finish(ctx, code, interrupted, record, on_success, on_failure, preserve_ttl or ttl)
+
+
+def _finish(
+    ctx: lifecycle.Context,
+    code: int,
+    interrupted: bool,
+    record: Record,
+    on_success: OnSuccess,
+    on_failure: OnFailure,
+    preserve_ttl: timedelta | None,
+) -> RunResult:
+    """Apply the success or failure policy to the environment."""
+    if code == 0 and not interrupted:
+        if on_success is OnSuccess.keep:
+            return RunResult(code, "kept", ctx.pipeline_id, record)
+        lifecycle.down(ctx)
+        return RunResult(code, "destroyed", ctx.pipeline_id, None)
+    if on_failure is OnFailure.destroy:
+        lifecycle.down(ctx)
+        return RunResult(code, "destroyed", ctx.pipeline_id, None, interrupted)
+    preserved = lifecycle.down(ctx, preserve=True, ttl=preserve_ttl)
+    return RunResult(code, "preserved", ctx.pipeline_id, preserved, interrupted)
+
+
+def _execute(
+    command: Sequence[str], environ: Mapping[str, str], signals: _Signals, grace: float
+) -> int:
+    """Run ``command`` in its own process group and return its shell-style exit code."""
+    try:
+        proc = subprocess.Popen(list(command), env=dict(environ), process_group=0)
+    except FileNotFoundError:
+        log.error("command not found: %s", command[0])
+        return 127
+    except PermissionError:
+        log.error("command not executable: %s", command[0])
+        return 126
+    signals.child_group = proc.pid
+    if signals.received is not None:  # a signal arrived between up and the spawn
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signals.received)
+    with _foreground(proc.pid):
+        deadline: float | None = None
+        while True:
+            try:
+                code = proc.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if signals.received is not None and deadline is None:
+                deadline = time.monotonic() + grace
+            if deadline is not None and time.monotonic() >= deadline:
+                log.warning(
+                    "the command did not exit within %.0fs of the signal: killing it", grace
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                deadline = float("inf")
+    signals.child_group = None
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # any of its children left behind
+    return 128 - code if code < 0 else code
+
+
+@contextlib.contextmanager
+def _foreground(group: int) -> Iterator[None]:
+    """Hand the terminal to the command's group while it runs, so it can read the terminal and
+    Ctrl-C reaches it (and only it) as in a shell; give it back afterwards."""
+    try:
+        tty = sys.stdin.fileno() if sys.stdin is not None and sys.stdin.isatty() else None
+        ours = os.getpgrp()
+        if tty is None or os.tcgetpgrp(tty) != ours:
+            tty = None
+    except (OSError, ValueError):
+        tty = None
+    if tty is None:
+        yield
+        return
+    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # we are about to be in the background
+    try:
+        os.tcsetpgrp(tty, group)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGCONT)  # in case it touched the terminal before we did
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.tcsetpgrp(tty, ours)
+        signal.signal(signal.SIGTTOU, old)
+
+
+def debug_instructions(record: Record, *, show_secrets: bool = False) -> list[str]:
+    """How to debug a preserved environment: connect, logs, extend, destroy (no secret unless
+    ``show_secrets``)."""
+    pid = record.pipeline_id
+    shown = visible(record.outputs, show_secrets)
+    lines = [f"Environment {pid} is preserved for debugging until {record.expires_at}."]
+    url = shown.get("DATABASE_URL")
+    if url:
+        lines.append(f"  connect:  psql '{url}'")
+        if not show_secrets:
+            lines.append(
+                f"            password hidden; load every output with: "
+                f'eval "$(envkit outputs {pid} --format env --show-secrets)"'
+            )
+    env_dir = record.resources.get("env_dir")
+    if env_dir:
+        lines.append(f"  logs:     {os.path.join(str(env_dir), 'logs')}{os.sep}")
+    lines.append(f"  extend:   envkit extend {pid} --ttl 24h   (or: envkit up {pid} --ttl 24h)")
+    lines.append(f"  destroy:  envkit down {pid}")
+    lines.append(f"  history:  envkit history {pid}")
+    return lines
