@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 from envkit.errors import ConfigError, EnvkitError, ProvisionError
-from envkit.health import HealthReport, wait_until_healthy
+from envkit.health import HealthCheckFailedError, HealthReport, Probe, wait_until_healthy
 from envkit.naming import iso_utc, resolve_pipeline_id
 from envkit.outputs import complete
 from envkit.providers import Provider, ProvisionRequest, get_provider
@@ -124,8 +124,9 @@ def _provision(
         store.save(record)
         progress("health")
         health_started = time.perf_counter()
-        wait_for(provider, record, ctx.settings.health_timeout)
+        report = wait_for(provider, record, ctx.settings.health_timeout, store=store)
         request.timings["health"] = time.perf_counter() - health_started
+        request.timings.update(report.timings())  # time to ready per component
         if dataset is not None:
             progress("seed")
             seed_started = time.perf_counter()
@@ -164,10 +165,50 @@ def _rounded(timings: dict[str, float], started: float) -> dict[str, float]:
     return result
 
 
-def wait_for(provider: Provider, record: Record, timeout: float) -> HealthReport:
-    """Wait until every component of ``record`` is healthy (raises with a report if not)."""
-    return wait_until_healthy(
-        provider.probes(record), timeout=timeout, secrets=secret_values(record.outputs)
+def wait_for(
+    provider: Provider,
+    record: Record,
+    timeout: float,
+    *,
+    store: StateStore | None = None,
+    extra: Sequence[Probe] = (),
+) -> HealthReport:
+    """Wait until every component of ``record`` is healthy (raises with a report if not).
+
+    Probes: the provider's, plus ``extra`` (e.g. health checks declared by the environment
+    spec). With ``store``, the report (per-probe time to ready, attempts, last error) is
+    appended to the event log as ``healthy`` or ``unhealthy``.
+    """
+    try:
+        report = wait_until_healthy(
+            [*provider.probes(record), *extra],
+            timeout=timeout,
+            secrets=secret_values(record.outputs),
+        )
+    except HealthCheckFailedError as exc:
+        if store is not None:
+            store.event(record.pipeline_id, "unhealthy", **exc.report.as_dict())
+        raise
+    if store is not None:
+        store.event(record.pipeline_id, "healthy", **report.as_dict())
+    return report
+
+
+def recheck(ctx: Context, timeout: float | None = None) -> HealthReport:
+    """Re-check an existing environment's health (``envkit wait``), without taking its lock
+    (a long wait must not block ``down``); the result goes to the event log."""
+    record = ctx.store.load(ctx.pipeline_id)
+    if record is None or not record.outputs:
+        raise ConfigError(
+            f"Pipeline {ctx.pipeline_id!r} has no environment to check.",
+            hint=f"Create it with 'envkit up {ctx.pipeline_id}'.",
+        )
+    provider = get_provider(record.provider, ctx.settings)
+    return wait_for(
+        provider,
+        record,
+        ctx.settings.health_timeout if timeout is None else timeout,
+        store=ctx.store,
     )
 
 
