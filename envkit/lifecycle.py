@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from envkit.errors import ConfigError, EnvkitError, ProvisionError
 from envkit.health import HealthCheckFailedError, HealthReport, Probe, wait_until_healthy
@@ -22,6 +24,9 @@ from envkit.providers import Provider, ProvisionRequest, get_provider
 from envkit.redact import scrub, secret_values
 from envkit.settings import Settings
 from envkit.state import BUSY_STATUSES, Record, StateStore, Status, utcnow
+
+if TYPE_CHECKING:
+    from envkit.spec import EnvSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,14 @@ class Context:
         resolved = resolve_pipeline_id(pipeline_id, os.environ if env is None else env)
         return cls(settings, resolved, StateStore(settings.home))
 
+    @cached_property
+    def spec(self) -> EnvSpec | None:
+        """The environment spec (envkit.toml / [tool.envkit]), loaded on first use: ``down``
+        and ``status`` never read it, so a broken spec cannot block them."""
+        from envkit.spec import load_spec
+
+        return load_spec(self.settings)
+
 
 def up(
     ctx: Context,
@@ -61,6 +74,11 @@ def up(
     provider = get_provider(ctx.settings.provider, ctx.settings)
     lifetime = ttl or ctx.settings.ttl
     provider.preflight()  # a missing prerequisite is exit 2 with nothing created
+    spec = ctx.spec  # so is a bad spec
+    if spec is not None:
+        spec.check_provider(provider.name)
+        if dataset is None:
+            dataset = spec.dataset
     with store.locked(pipeline_id, ctx.settings.lock_timeout):
         record = store.load(pipeline_id)
         if record is not None and record.status in (Status.READY, Status.PRESERVED):
@@ -118,6 +136,7 @@ def _provision(
     store.event(pipeline_id, "provisioning", provider=provider.name)
     started = time.perf_counter()
     request = ProvisionRequest(record, lambda: store.save(record), progress, dataset)
+    request.spec = ctx.spec
     try:
         outputs = provider.provision(request)
         record.outputs = complete(outputs, pipeline_id=pipeline_id, provider=provider.name)

@@ -96,6 +96,7 @@ _TABLE: tuple[_Field, ...] = (
     _Field("aws_region", str, "ENVKIT_AWS_REGION"),
     _Field("pulumi_secrets_provider", str, "ENVKIT_PULUMI_SECRETS_PROVIDER"),
     _Field("pulumi_base_stack", str, "ENVKIT_PULUMI_BASE_STACK"),
+    _Field("spec_file", _path, "ENVKIT_SPEC"),
 )
 _BY_NAME = {f.name: f for f in _TABLE}
 
@@ -121,6 +122,7 @@ class Settings:
     aws_region: str | None = None
     pulumi_secrets_provider: str | None = None  # e.g. awskms://alias/envkit; else passphrase
     pulumi_base_stack: str | None = None  # shared-network mode: the long-lived base stack
+    spec_file: Path | None = None  # the environment spec; else envkit.toml found from the cwd
     project_file: Path | None = None
 
     @classmethod
@@ -149,6 +151,10 @@ class Settings:
             raise ConfigError(f"Unknown setting(s): {', '.join(sorted(unknown))}.")
         values.setdefault("home", default_home(environ))
         values.setdefault("owner", default_owner(environ))
+        from envkit.spec import spec_defaults  # [defaults] of envkit.toml: below all of the above
+
+        for key, value in spec_defaults(values.get("spec_file"), cwd or Path.cwd()).items():
+            values.setdefault(key, value)
         if project_file is not None:
             values["project_file"] = project_file
             for key in ("seeds_dir", "stacks_dir"):

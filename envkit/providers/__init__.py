@@ -17,6 +17,7 @@ from envkit.errors import ConfigError
 if TYPE_CHECKING:
     from envkit.health import Probe
     from envkit.settings import Settings
+    from envkit.spec import EnvSpec
     from envkit.state import Record
 
 
@@ -33,6 +34,7 @@ class ProvisionRequest:
     progress: Callable[[str], None] = _ignore_progress
     dataset: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    spec: EnvSpec | None = None  # databases and services to create; None: one database
 
     @property
     def pipeline_id(self) -> str:

@@ -195,7 +195,7 @@ class LocalProvider:
                 f"Configuring the database of {pipeline_id!r} failed: {scrub(str(exc), [password])}"
             ) from None
         request.timings["database"] = time.perf_counter() - started
-        return {
+        outputs = {
             "DATABASE_URL": f"postgresql://{role}:{password}@{server.host}:{server.port}/{role}",
             "DATABASE_HOST": str(server.host),
             "DATABASE_PORT": str(server.port),
@@ -205,6 +205,11 @@ class LocalProvider:
             "NETWORK_ID": f"lo:{address.host}",
             "CLUSTER_NAME": f"envkit-{pipeline_id}",
         }
+        if request.spec is not None:  # extra databases, then the services (envkit.supervisor)
+            from envkit.supervisor import provision_spec
+
+            outputs.update(provision_spec(self, request, server, outputs))
+        return outputs
 
     def template_for(self, request: ProvisionRequest, install: PgInstall, run_as: RunAs) -> Path:
         """The data directory to copy: the base template (seeding may swap in a seeded one)."""
@@ -254,15 +259,34 @@ class LocalProvider:
             if record.resources.get("bindir")
             else None
         )
-        return [PostgresProbe(url, component="database", psql=psql)]
+        probes: list[Probe] = [PostgresProbe(url, component="database", psql=psql)]
+        if record.resources.get("services"):
+            from envkit.supervisor import probes_for
+
+            probes += probes_for(record.resources, record.outputs)
+        return probes
 
     def alive(self, record: Record) -> bool:
+        if record.resources.get("services"):
+            from envkit.supervisor import services_alive
+
+            if not services_alive(record.resources):
+                return False
         return postmaster_pid(self.layout.pgdata(record.pipeline_id)) is not None
 
     # -- destroy ------------------------------------------------------------------------------
     def destroy(self, pipeline_id: str, record: Record | None) -> None:
         layout = self.layout
         pgdata = layout.pgdata(pipeline_id)
+        # Services first (they hold database connections); found by record and by marker.
+        from envkit.supervisor import stop_services
+
+        stop_services(
+            layout.home_key,
+            pipeline_id,
+            layout.env_dir(pipeline_id),
+            record.resources if record is not None else None,
+        )
         stop_server(pgdata, fast=False, timeout=5.0)
         for pid in self.stray_processes(pipeline_id):
             log.warning("killing stray process %s of %s", pid, pipeline_id)

@@ -1,0 +1,662 @@
+"""The local cluster: the spec's services as detached processes on the pipeline's address.
+
+Each service is started in dependency order, in its own session (so one ``killpg`` stops it and
+whatever it spawned), bound to the pipeline's loopback address (``HOST``/``PORT`` in its
+environment), with the outputs injected, stdout and stderr in ``logs/<name>.log`` (0600), and it
+must pass its health check before the next one starts. Every service process carries a marker in
+its environment (``ENVKIT_HOME_KEY`` + ``ENVKIT_PIPELINE_ID``) and runs in a working directory
+under the pipeline's env dir, so :func:`stop_services` finds it even when no record says it
+exists (``up`` killed between spawning and saving). Its pid and process group are recorded before
+and after the spawn (write-ahead) for the same reason.
+
+When envkit runs as root, services run as the unprivileged user PostgreSQL runs as (a service may
+opt out with ``run_as = "invoker"``). Service environments hold secrets: they are never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from envkit.errors import ConfigError, ProvisionError
+from envkit.health import CommandProbe, HttpProbe, Probe, TcpProbe, TransientError
+from envkit.loopback import bind_error, free_port
+from envkit.osuser import RunAs
+from envkit.redact import scrub, secret_values
+from envkit.spec import EnvSpec, HealthCheck, ServiceSpec, render
+
+if TYPE_CHECKING:
+    from envkit.pgserver import PgServer
+    from envkit.providers import ProvisionRequest
+    from envkit.providers.local import LocalProvider
+
+log = logging.getLogger(__name__)
+
+MARKER_HOME = "ENVKIT_HOME_KEY"
+MARKER_PIPELINE = "ENVKIT_PIPELINE_ID"
+MARKER_SERVICE = "ENVKIT_SERVICE"
+RUNNING_SETTLE = 0.5  # a "running" health check passes once the process lived this long
+LOG_TAIL_LINES = 20
+_PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # services this process spawned, to reap
+
+
+@dataclass(frozen=True)
+class ClusterPlace:
+    """Where one pipeline's services live and who they run as."""
+
+    pipeline_id: str
+    home_key: str
+    env_dir: Path
+    logs_dir: Path
+    host: str
+    dedicated: bool
+    server_user: RunAs
+
+    def workdir(self, name: str) -> Path:
+        return self.env_dir / "services" / name
+
+    def log_path(self, name: str) -> Path:
+        return self.logs_dir / f"{name}.log"
+
+    def run_as(self, service: ServiceSpec) -> RunAs:
+        if service.run_as == "invoker" or not self.server_user.switch:
+            return _invoker()
+        return self.server_user
+
+
+# -- ports and templating -----------------------------------------------------------------------
+
+
+def assign_ports(spec: EnvSpec, host: str, dedicated: bool) -> dict[str, int]:
+    """A port per service that has one: its own on a dedicated address when free, else a free
+    port (on the shared fallback address a fixed port would collide between pipelines)."""
+    ports: dict[str, int] = {}
+    for service in spec.services:
+        if service.port is None:
+            continue
+        wanted = service.port
+        if wanted and dedicated and bind_error(host, wanted) is None:
+            ports[service.name] = wanted
+            continue
+        if wanted:
+            log.info("port %s:%s is not available for %s: using a free one", host, wanted,
+                     service.name)
+        port = free_port(host)
+        while port in ports.values():
+            port = free_port(host)
+        ports[service.name] = port
+    return ports
+
+
+def service_urls(spec: EnvSpec, host: str, ports: Mapping[str, int]) -> dict[str, str]:
+    """``SERVICE_<NAME>_URL`` of every service with a port."""
+    return {
+        s.url_output: f"http://{host}:{ports[s.name]}" for s in spec.services if s.name in ports
+    }
+
+
+def template_values(
+    spec: EnvSpec,
+    service: ServiceSpec,
+    outputs: Mapping[str, str],
+    host: str,
+    port: int | None,
+) -> dict[str, str]:
+    """What ``{NAME}`` placeholders of ``service`` expand to."""
+    values = dict(outputs)
+    values.update(
+        {
+            "HOST": host,
+            "PORT": "" if port is None else str(port),
+            "PROJECT_DIR": str(spec.project_dir),
+            "PYTHON": sys.executable,
+            "SERVICE_NAME": service.name,
+        }
+    )
+    return values
+
+
+def _base_env(run_as: RunAs, workdir: Path) -> dict[str, str]:
+    # Not the whole environment of envkit: CI jobs keep tokens there that services must not see.
+    env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env["HOME"] = str(workdir) if run_as.switch else os.environ.get("HOME", str(workdir))
+    env["PYTHONUNBUFFERED"] = "1"  # Python services' output reaches the log as it happens
+    return env
+
+
+def service_env(
+    place: ClusterPlace,
+    service: ServiceSpec,
+    values: Mapping[str, str],
+    outputs: Mapping[str, str],
+    run_as: RunAs,
+) -> dict[str, str]:
+    """The environment of a service: outputs, its templated ``env``, HOST/PORT and the marker."""
+    env = _base_env(run_as, place.workdir(service.name))
+    env.update(outputs)
+    env.update({k: render(v, values) for k, v in service.env.items()})
+    env["HOST"] = values["HOST"]
+    if values["PORT"]:
+        env["PORT"] = values["PORT"]
+    env[MARKER_HOME] = place.home_key
+    env[MARKER_PIPELINE] = place.pipeline_id
+    env[MARKER_SERVICE] = service.name
+    return env
+
+
+# -- probes ---------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        _CHILDREN.pop(pid, None)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state first)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+
+
+def process_age(pid: int) -> float | None:
+    """Seconds since ``pid`` started, from /proc (works for processes of earlier envkits)."""
+    stat = _stat(pid)
+    try:
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        return uptime - int(stat[19]) / os.sysconf("SC_CLK_TCK") if stat else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class ServiceExitedError(Exception):
+    """The service process is gone: waiting longer would not help."""
+
+
+@dataclass
+class ServiceProbe:
+    """The service process is alive, then its own check passes (a dead service is fatal)."""
+
+    service: str
+    pid: int
+    inner: Probe | None  # None: "running" (alive for a moment is enough)
+    log_path: Path
+    component: str = "service"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.service
+
+    def check(self) -> None:
+        if not _pid_alive(self.pid):
+            raise ServiceExitedError(f"service {self.service} exited (log: {self.log_path})")
+        if self.inner is None:
+            age = process_age(self.pid)
+            if age is not None and age < RUNNING_SETTLE:
+                raise TransientError(f"service {self.service} started {age:.2f}s ago")
+            return
+        self.inner.check()
+
+
+def _inner_probe(
+    health: HealthCheck,
+    host: str,
+    port: int | None,
+    workdir: Path,
+    env: Mapping[str, str],
+    name: str,
+) -> Probe | None:
+    if health.kind == "http" and port is not None:
+        return HttpProbe(f"http://{host}:{port}{health.path}", name=name)
+    if health.kind == "tcp" and port is not None:
+        return TcpProbe(host, port, component="service", name=name)
+    if health.kind == "command":
+        return CommandProbe(list(health.command), name=name, env=env, cwd=workdir)
+    return None
+
+
+def probe_env(entry: Mapping[str, Any], outputs: Mapping[str, str]) -> dict[str, str]:
+    """What a health command gets on top of envkit's environment: the outputs and HOST/PORT (no
+    marker: it is not the service, and must not be mistaken for one by the sweep)."""
+    env = dict(outputs)
+    env["HOST"] = str(entry.get("host", ""))
+    if entry.get("port"):
+        env["PORT"] = str(entry["port"])
+    return env
+
+
+def probes_for(resources: Mapping[str, Any], outputs: Mapping[str, str]) -> list[Probe]:
+    """Health probes of the recorded services of an environment."""
+    found: list[Probe] = []
+    for name, entry in (resources.get("services") or {}).items():
+        pid = entry.get("pid")
+        if not pid:
+            continue
+        health = HealthCheck.from_dict(entry["health"])
+        inner = _inner_probe(
+            health,
+            entry["host"],
+            entry.get("port"),
+            Path(entry["workdir"]),
+            probe_env(entry, outputs),
+            name,
+        )
+        found.append(ServiceProbe(name, int(pid), inner, Path(entry["log"])))
+    return found
+
+
+def services_alive(resources: Mapping[str, Any]) -> bool:
+    """Whether every recorded service process still runs."""
+    return all(
+        entry.get("pid") and _pid_alive(int(entry["pid"]))
+        for entry in (resources.get("services") or {}).values()
+    )
+
+
+def _invoker() -> RunAs:
+    import pwd
+
+    entry = pwd.getpwuid(os.geteuid())
+    return RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, switch=False)
+
+
+# -- start ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    """Starts the services of one spec for one pipeline, recording each before it starts."""
+
+    place: ClusterPlace
+    spec: EnvSpec
+    resources: dict[str, Any]
+    save: Callable[[], None]
+    health_timeout: float = 120.0
+    progress: Callable[[str], None] = field(default=lambda step: None)
+
+    def start(self, outputs: Mapping[str, str]) -> dict[str, str]:
+        """Start every service in dependency order; return the ``SERVICE_*_URL`` outputs.
+
+        Raises ``ProvisionError`` (with the service's last log lines) when one exits or never
+        becomes healthy; what was started stays recorded, for ``destroy`` to stop.
+        """
+        place = self.place
+        ports = assign_ports(self.spec, place.host, place.dedicated)
+        urls = service_urls(self.spec, place.host, ports)
+        everything = {**outputs, **urls}
+        self.resources.setdefault("services", {})
+        (place.env_dir / "services").mkdir(mode=0o711, exist_ok=True)
+        for service in self.spec.services:
+            self.progress(f"service {service.name}")
+            self._start_one(service, ports.get(service.name), everything)
+        return urls
+
+    def _start_one(
+        self, service: ServiceSpec, port: int | None, outputs: Mapping[str, str]
+    ) -> None:
+        from envkit.health import HealthCheckFailedError, wait_until_healthy
+
+        place = self.place
+        assert service.command is not None  # checked by EnvSpec.check_provider
+        run_as = place.run_as(service)
+        values = template_values(self.spec, service, outputs, place.host, port)
+        argv = [render(arg, values) for arg in service.command]
+        env = service_env(place, service, values, outputs, run_as)
+        health_argv = [render(arg, values) for arg in service.health.command]
+        health = HealthCheck(service.health.kind, service.health.path, tuple(health_argv))
+        workdir = place.workdir(service.name)
+        workdir.mkdir(mode=0o700, exist_ok=True)
+        run_as.chown(workdir)
+        log_path = place.log_path(service.name)
+        entry: dict[str, Any] = {
+            "host": place.host,
+            "port": port,
+            "log": str(log_path),
+            "workdir": str(workdir),
+            "health": health.as_dict(),
+            "grace": service.stop_grace,
+            "run_as": {
+                "name": run_as.name,
+                "uid": run_as.uid,
+                "gid": run_as.gid,
+                "switch": run_as.switch,
+            },
+            "pid": None,
+        }
+        self.resources["services"][service.name] = entry
+        self.save()  # write-ahead: a crash from here on leaves a record naming the service
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                **run_as.popen_kwargs(),
+            )
+        except OSError as exc:
+            raise ProvisionError(
+                f"Service {service.name!r} could not be started: {argv[0]}: "
+                f"{exc.strerror or exc}.",
+                hint=f"Check services.{service.name}.command in {self.spec.source}"
+                + (f" (it runs as the user {run_as.name!r})" if run_as.switch else "")
+                + ".",
+            ) from None
+        finally:
+            os.close(fd)
+        _CHILDREN[proc.pid] = proc
+        entry["pid"] = proc.pid
+        entry["pgid"] = proc.pid  # start_new_session: it leads its own group
+        self.save()
+        inner = _inner_probe(
+            health, place.host, port, workdir, probe_env(entry, outputs), service.name
+        )
+        probe = ServiceProbe(service.name, proc.pid, inner, log_path)
+        try:
+            wait_until_healthy([probe], timeout=self.health_timeout,
+                               secrets=secret_values(outputs))
+        except HealthCheckFailedError as exc:
+            secrets = secret_values(outputs)
+            tail = scrub(log_tail(log_path), secrets)
+            code = proc.poll()
+            if code is not None:
+                raise ProvisionError(
+                    f"Service {service.name!r} exited at start (exit code {code}). "
+                    f"Last lines of {log_path}:\n{tail}",
+                    hint=f"Fix the service or services.{service.name}.command in "
+                    f"{self.spec.source}; 'envkit logs ID {service.name}' shows its log.",
+                ) from None
+            results = exc.report.failing
+            detail = results[0].error if results else "unknown"
+            raise ProvisionError(
+                f"Service {service.name!r} did not become healthy within "
+                f"{self.health_timeout:.0f}s ({detail}). Last lines of {log_path}:\n{tail}",
+                hint=f"Check services.{service.name}.health in {self.spec.source}, or raise "
+                "ENVKIT_HEALTH_TIMEOUT.",
+            ) from None
+
+
+def provision_spec(
+    provider: LocalProvider,
+    request: ProvisionRequest,
+    server: PgServer,
+    outputs: Mapping[str, str],
+) -> dict[str, str]:
+    """The spec's part of a local environment: extra databases and settings, then services.
+    Returns the outputs it adds (``DATABASE_<NAME>_URL``, ``SERVICE_<NAME>_URL``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from envkit.outputs import complete
+    from envkit.pgserver import _sql, psql_path
+    from envkit.spec import database_statements
+
+    spec = request.spec
+    if spec is None:
+        return {}
+    added: dict[str, str] = {}
+    statements = database_statements(
+        spec, owner=outputs["DATABASE_USER"], default_database=outputs["DATABASE_NAME"]
+    )
+    if statements:
+        try:
+            _sql(server.admin_conninfo(), statements, psql_path(server.install))
+        except Exception as exc:
+            raise ProvisionError(
+                f"Creating the databases of {spec.source} failed: "
+                f"{scrub(str(exc), secret_values(outputs))}",
+                hint="Check the databases.*.settings names and values in the spec.",
+            ) from None
+        url = urlsplit(outputs["DATABASE_URL"])
+        for database in spec.databases[1:]:
+            added[database.url_output] = urlunsplit(url._replace(path=f"/{database.name}"))
+    if not spec.services:
+        return added
+    started = time.monotonic()
+    layout = provider.layout
+    pipeline_id = request.pipeline_id
+    resources = request.record.resources
+    place = ClusterPlace(
+        pipeline_id,
+        layout.home_key,
+        layout.env_dir(pipeline_id),
+        layout.logs(pipeline_id),
+        str(resources["host"]),
+        bool(resources["dedicated_address"]),
+        provider.run_as(),
+    )
+    cluster = Cluster(
+        place,
+        spec,
+        resources,
+        request.save,
+        provider.settings.health_timeout,
+        request.progress,
+    )
+    added.update(
+        cluster.start(complete({**outputs, **added}, pipeline_id=pipeline_id, provider="local"))
+    )
+    request.timings["services"] = time.monotonic() - started
+    return added
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file."""
+    return "\n".join(tail_lines(path, lines)) or "(log is empty)"
+
+
+def tail_lines(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of ``path`` (reads at most the last 256 KiB)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - (256 << 10)))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:] if lines > 0 else []
+
+
+# -- stop -----------------------------------------------------------------------------------------
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return {}
+    found = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep and key in (MARKER_HOME.encode(), MARKER_PIPELINE.encode()):
+            found[key.decode()] = value.decode(errors="replace")
+    return found
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
+def belongs(pid: int, home_key: str, pipeline_id: str, env_dir: Path) -> bool:
+    """Whether process ``pid`` is a service (or a child of one) of this pipeline: its marker,
+    or its working directory under the env dir."""
+    marks = _environ(pid)
+    if marks.get(MARKER_HOME) == home_key and marks.get(MARKER_PIPELINE) == pipeline_id:
+        return True
+    cwd = _cwd(pid)
+    prefix = str(env_dir) + os.sep
+    return cwd == str(env_dir) or cwd.startswith(prefix)
+
+
+def find_service_processes(home_key: str, pipeline_id: str, env_dir: Path) -> list[int]:
+    """Every live process of this pipeline's services, found from /proc alone."""
+    own = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != own:
+            pid = int(entry)
+            if belongs(pid, home_key, pipeline_id, env_dir) and _pid_alive(pid):
+                found.append(pid)
+    return found
+
+
+def stop_services(
+    home_key: str,
+    pipeline_id: str,
+    env_dir: Path,
+    resources: Mapping[str, Any] | None,
+    *,
+    grace: float | None = None,
+) -> list[int]:
+    """Stop every service process of the pipeline: SIGTERM to each process group, SIGKILL to what
+    is left after the grace period. Return the pids that were found."""
+    recorded = (resources or {}).get("services") or {}
+    wait = max([float(e.get("grace", 5.0)) for e in recorded.values()] or [5.0])
+    if grace is not None:
+        wait = grace
+    pids = set(find_service_processes(home_key, pipeline_id, env_dir))
+    for entry in recorded.values():
+        pid = entry.get("pid")
+        # A recorded pid may have been reused by now: only one that still carries the marker.
+        if pid and _pid_alive(int(pid)) and belongs(int(pid), home_key, pipeline_id, env_dir):
+            pids.add(int(pid))
+    if not pids:
+        _reap_children()
+        return []
+    own_group = os.getpgrp()
+    groups = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            group = os.getpgid(pid)
+            if group != own_group:
+                groups.add(group)
+    _signal_all(groups, pids, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    while any(_pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    left = [p for p in pids if _pid_alive(p)]
+    if left:
+        log.warning(
+            "service processes %s of %s did not stop within %.0fs of SIGTERM: killing them",
+            left,
+            pipeline_id,
+            wait,
+        )
+        _signal_all(groups, set(left), signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while any(_pid_alive(p) for p in left) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    _reap_children()
+    return sorted(pids)
+
+
+def _signal_all(groups: set[int], pids: set[int], sig: signal.Signals) -> None:
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
+    for pid in pids:  # members that left the group (setsid) are signalled one by one
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _reap_children() -> None:
+    for pid, child in list(_CHILDREN.items()):
+        if child.poll() is not None:
+            _CHILDREN.pop(pid, None)
+
+
+# -- logs -----------------------------------------------------------------------------------------
+
+
+def log_files(logs_dir: Path) -> dict[str, Path]:
+    """name → log file of an environment: ``postgres`` first, then services by name."""
+    if not logs_dir.is_dir():
+        return {}
+    files = {p.stem: p for p in sorted(logs_dir.glob("*.log"))}
+    ordered = {"postgres": files.pop("postgres")} if "postgres" in files else {}
+    ordered.update(files)
+    return ordered
+
+
+def pick_logs(logs_dir: Path, service: str | None) -> dict[str, Path]:
+    """The log files to show; ``ConfigError`` naming the known ones when ``service`` is unknown."""
+    files = log_files(logs_dir)
+    if service is None:
+        return files
+    if service in ("database", "db"):
+        service = "postgres"
+    if service not in files:
+        raise ConfigError(
+            f"No log named {service!r} in {logs_dir}.",
+            hint=f"Known: {', '.join(files) or 'none (is the environment up?)'}.",
+        )
+    return {service: files[service]}
+
+
+def follow(
+    files: Mapping[str, Path], *, interval: float = 0.2, stop: Callable[[], bool] = lambda: False
+) -> Iterator[tuple[str, str]]:
+    """Yield ``(name, line)`` as lines are appended to ``files`` (from their current end)."""
+    positions = {}
+    for name, path in files.items():
+        try:
+            positions[name] = path.stat().st_size
+        except OSError:
+            positions[name] = 0
+    pending = dict.fromkeys(files, "")
+    while not stop():
+        quiet = True
+        for name, path in files.items():
+            try:
+                with open(path, "rb") as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    if size < positions[name]:  # truncated or replaced: start over
+                        positions[name] = 0
+                    fh.seek(positions[name])
+                    chunk = fh.read()
+            except OSError:
+                continue
+            if not chunk:
+                continue
+            quiet = False
+            positions[name] += len(chunk)
+            text = pending[name] + chunk.decode(errors="replace")
+            *complete, pending[name] = text.split("\n")
+            for line in complete:
+                yield name, line
+        if quiet:
+            time.sleep(interval)
