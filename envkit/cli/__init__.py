@@ -26,6 +26,7 @@ app = typer.Typer(
 
 # Importing the command modules registers their commands on ``app``.
 from envkit.cli import core  # noqa: E402,F401
+from envkit.cli import health  # noqa: E402
 from envkit.cli import lifecycle  # noqa: E402,F401
 
 
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None) -> None:
         # click Typer uses: recent Typer vendors its own); our errors propagate to here.
         app(args=argv, prog_name="envkit")
     except EnvkitError as exc:
+        from envkit.health import HealthCheckFailedError
+
+        if isinstance(exc, HealthCheckFailedError):  # a table naming every failing component
+            health.show_failure(exc)
+            sys.exit(exc.exit_code)
         error_console().print(f"[bold red]Error:[/] {exc.message}", highlight=False)
         if exc.hint:
             error_console().print(exc.hint, highlight=False)
