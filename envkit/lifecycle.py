@@ -79,6 +79,10 @@ def up(
         spec.check_provider(provider.name)
         if dataset is None:
             dataset = spec.dataset
+    if dataset is not None:  # an unknown dataset is exit 2 with nothing created
+        from envkit.datasets import load as load_dataset_definition
+
+        load_dataset_definition(ctx.settings, dataset)
     with store.locked(pipeline_id, ctx.settings.lock_timeout):
         record = store.load(pipeline_id)
         if record is not None and record.status in (Status.READY, Status.PRESERVED):
@@ -149,8 +153,9 @@ def _provision(
         if dataset is not None:
             progress("seed")
             seed_started = time.perf_counter()
-            seed_dataset(ctx, record, dataset)
+            stats = seed_dataset(ctx, record, dataset)
             request.timings["seed"] = time.perf_counter() - seed_started
+            request.timings.update({f"seed_{k}": v for k, v in stats.items()})
     except BaseException as exc:
         secrets = secret_values(record.outputs)
         record.status = Status.FAILED
@@ -231,12 +236,14 @@ def recheck(ctx: Context, timeout: float | None = None) -> HealthReport:
     )
 
 
-def seed_dataset(ctx: Context, record: Record, dataset: str) -> None:
-    """The seeding hook: load ``dataset`` into the environment's database."""
+def seed_dataset(ctx: Context, record: Record, dataset: str) -> dict[str, float]:
+    """The seeding hook: load ``dataset`` into the environment's database (a no-op but for the
+    statistics when the provider copied it from the dataset's seeded template)."""
     from envkit import seeding
 
     stats = seeding.seed_environment(ctx.settings, record, dataset)
     ctx.store.event(record.pipeline_id, "seeded", dataset=dataset, **stats)
+    return stats
 
 
 def down(ctx: Context, *, preserve: bool = False, ttl: timedelta | None = None) -> Record | None:

@@ -85,6 +85,7 @@ _TABLE: tuple[_Field, ...] = (
     _Field("preserve_ttl", lambda v: parse_duration(v, what="TTL"), "ENVKIT_PRESERVE_TTL"),
     _Field("dataset", str, "ENVKIT_DATASET"),
     _Field("seeds_dir", _path, "ENVKIT_SEEDS_DIR"),
+    _Field("seed_scale", float, "ENVKIT_SEED_SCALE"),
     _Field("stacks_dir", _path, "ENVKIT_STACKS_DIR"),
     _Field("pg_bindir", _path, "ENVKIT_PG_BINDIR"),
     _Field("data_dir", _path, "ENVKIT_DATA_DIR"),
@@ -111,6 +112,7 @@ class Settings:
     preserve_ttl: timedelta = timedelta(hours=24)
     dataset: str | None = None
     seeds_dir: Path | None = None
+    seed_scale: float = 1.0
     stacks_dir: Path | None = None
     pg_bindir: Path | None = None
     data_dir: Path | None = None

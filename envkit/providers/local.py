@@ -212,7 +212,12 @@ class LocalProvider:
         return outputs
 
     def template_for(self, request: ProvisionRequest, install: PgInstall, run_as: RunAs) -> Path:
-        """The data directory to copy: the base template (seeding may swap in a seeded one)."""
+        """The data directory to copy: the base template, or with a dataset its seeded template
+        (built once per machine), so a seeded environment costs what an empty one costs."""
+        if request.dataset is not None:
+            from envkit.seeding import seeded_template
+
+            return seeded_template(self.settings, self.templates(install, run_as), request)
         return self.templates(install, run_as).base()
 
     def _ensure_roots(self, run_as: RunAs) -> None:
