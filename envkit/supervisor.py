@@ -513,13 +513,12 @@ def _cwd(pid: int) -> str:
 
 def belongs(pid: int, home_key: str, pipeline_id: str, env_dir: Path) -> bool:
     """Whether process ``pid`` is a service (or a child of one) of this pipeline: its marker,
-    or its working directory under the env dir."""
+    or its working directory under the env dir's ``services/`` (not the env dir as a whole:
+    PostgreSQL runs in its data directory there, and is stopped its own way)."""
     marks = _environ(pid)
     if marks.get(MARKER_HOME) == home_key and marks.get(MARKER_PIPELINE) == pipeline_id:
         return True
-    cwd = _cwd(pid)
-    prefix = str(env_dir) + os.sep
-    return cwd == str(env_dir) or cwd.startswith(prefix)
+    return _cwd(pid).startswith(str(env_dir / "services") + os.sep)
 
 
 def find_service_processes(home_key: str, pipeline_id: str, env_dir: Path) -> list[int]:

@@ -33,13 +33,23 @@ def tear_down_home(home: Path) -> None:
             lifecycle.down(lifecycle.Context.build(record.pipeline_id, settings))
     envs_root = str(Layout.for_settings(settings).envs_root) + os.sep
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and any(a.startswith(envs_root) for a in cmdline(int(entry))):
+        if entry.isdigit() and (
+            any(a.startswith(envs_root) for a in cmdline(int(entry)))
+            or _cwd(int(entry)).startswith(envs_root)  # service processes (envkit.supervisor)
+        ):
             try:
                 os.killpg(int(entry), signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(entry), signal.SIGKILL)
     shutil.rmtree(envs_root, ignore_errors=True)
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd") + os.sep
+    except OSError:
+        return ""
 
 
 @pytest.fixture
