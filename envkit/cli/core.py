@@ -62,7 +62,13 @@ def _ttl(value: str | None, what: str = "TTL"):  # type: ignore[no-untyped-def]
 def up(
     pipeline_id: PipelineArg = None,
     provider: ProviderOpt = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset to load (seeds/).")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset to load (seeds/).", show_default="default")
+    ] = None,
+    scale: Annotated[
+        float | None, typer.Option(help="Multiply the dataset's row counts.", show_default="1")
+    ] = None,
+    no_seed: Annotated[bool, typer.Option("--no-seed", help="Load no dataset.")] = False,
     ttl: Annotated[
         str | None, typer.Option(help="Time to live, e.g. 90s, 30m, 4h, 2d.", show_default="4h")
     ] = None,
@@ -74,11 +80,17 @@ def up(
 ) -> None:
     """Create the environment of a pipeline (or return it when it is already up)."""
     lifetime = _ttl(ttl)
-    ctx = lifecycle.Context.build(pipeline_id, settings(provider=provider, dataset=dataset))
+    ctx = lifecycle.Context.build(
+        pipeline_id, settings(provider=provider, dataset=dataset, seed_scale=scale)
+    )
+    from envkit.datasets import DEFAULT_DATASET
+
+    spec_dataset = ctx.spec.dataset if ctx.spec is not None else None
+    chosen = None if no_seed else (ctx.settings.dataset or spec_dataset or DEFAULT_DATASET)
     with progress(
         f"Bringing up {ctx.pipeline_id}", enabled=output_format is OutputFormat.text
     ) as step:
-        record = lifecycle.up(ctx, ttl=lifetime, dataset=ctx.settings.dataset, progress=step)
+        record = lifecycle.up(ctx, ttl=lifetime, dataset=chosen, progress=step)
     if env_file is not None:
         write_env_file(record.outputs, env_file)
     show_record(record, output_format, show_secrets)
