@@ -28,7 +28,7 @@ def database_reachable() -> bool:
 class Handler(BaseHTTPRequestHandler):
     """/health and /hello."""
 
-    def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+    def do_GET(self) -> None:
         if self.path == "/health":
             ok = database_reachable()
             self.reply(200 if ok else 503, {"status": "ok" if ok else "database unreachable"})
@@ -45,7 +45,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         sys.stdout.write("api: " + format % args + "\n")
 
 
