@@ -171,11 +171,16 @@ def mask_street(key: bytes, value: str) -> str:
 
 
 def mask_postcode(key: bytes, value: str) -> str:
-    """Same length, digits replaced by keyed digits (letters kept: formats like ``SW1A 1AA``)."""
+    """Same shape: digits replaced by keyed digits, letters and spaces kept (``SW1A 1AA``);
+    a value without digits becomes a keyed five-digit code."""
     d = _digest(key, "postcode", value)
-    out = [str(d[i % len(d)] % 10) if c.isdigit() else c for i, c in enumerate(value)]
-    masked = "".join(out)
-    return masked if masked != value or not any(c.isdigit() for c in value) else "0" * len(value)
+    if not any(c.isdigit() for c in value):
+        return f"{int.from_bytes(d[:4], 'big') % 100_000:05d}"
+    masked = "".join(str(d[i % len(d)] % 10) if c.isdigit() else c for i, c in enumerate(value))
+    if masked == value:  # 1 in 10^digits: nudge the first digit so the value always changes
+        first = next(i for i, c in enumerate(value) if c.isdigit())
+        masked = masked[:first] + str((int(masked[first]) + 1) % 10) + masked[first + 1 :]
+    return masked
 
 
 def mask_date(key: bytes, value: str) -> str:
