@@ -1,0 +1,131 @@
+"""Typed configuration of envkit's Pulumi programs (no Pulumi import: the spec maps onto it)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from envkit.naming import Tags, parse_iso
+
+ROLE_PIPELINE = "pipeline"
+ROLE_BASE = "base"
+_SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
+
+
+@dataclass(frozen=True)
+class ServiceArgs:
+    """One container service run on ECS Fargate in the environment's subnets.
+
+    ``env`` values may be plain strings or Pulumi Outputs (e.g. the database URL); they end up
+    in the task definition in clear, so pass real secrets through ``secrets`` instead: a map of
+    variable name to a Secrets Manager or SSM parameter ARN, resolved by ECS at task start.
+    The service is reachable inside the VPC at ``http://<name>.<namespace>:<port>``.
+    """
+
+    name: str
+    image: str
+    port: int
+    cpu: int = 256
+    memory: int = 512
+    env: Mapping[str, Any] = field(default_factory=dict)
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    desired_count: int = 1
+
+    def __post_init__(self) -> None:
+        if not _SERVICE_NAME.match(self.name):
+            raise ValueError(
+                f"service name {self.name!r}: use 1-32 lower-case letters, digits and '-', "
+                "starting with a letter"
+            )
+
+    @property
+    def output_key(self) -> str:
+        """``SERVICE_<NAME>_URL`` (the outputs contract key of this service)."""
+        return f"SERVICE_{self.name.upper().replace('-', '_')}_URL"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Everything one stack of envkit needs; the same object drives the CLI and Automation."""
+
+    pipeline_id: str
+    expires_at: datetime
+    owner: str
+    region: str = "us-east-1"
+    role: str = ROLE_PIPELINE
+    base_stack: str | None = None  # shared-base mode: "org/envkit/<base>" or "<base>"
+    vpc_cidr: str = "10.42.0.0/16"
+    ci_cidr: str | None = None  # also admitted to PostgreSQL (e.g. the runner's egress /32)
+    public: bool = False  # public subnets + IGW: database reachable from ci_cidr, no NAT needed
+    availability_zones: tuple[str, ...] = ()  # empty: the region's first two available
+    engine_version: str = "16"
+    instance_class: str = "db.t4g.micro"
+    allocated_storage: int = 20
+    spot: bool = False  # run services on FARGATE_SPOT (cheaper, may be interrupted)
+    services: tuple[ServiceArgs, ...] = ()
+    db_password: Any = None  # a secret Output from config; generated when None
+
+    def tags(self) -> dict[str, str]:
+        """The envkit tags every resource of the stack carries (values AWS accepts)."""
+        return Tags(self.pipeline_id, self.expires_at, self.owner).as_aws_tags()
+
+    def to_config(self) -> dict[str, str]:
+        """Plain (non-secret) stack config values under the ``envkit:`` namespace."""
+        values: dict[str, Any] = {
+            "pipelineId": self.pipeline_id,
+            "expiresAt": Tags(self.pipeline_id, self.expires_at, self.owner).as_dict()[
+                "envkit:expires-at"
+            ],
+            "owner": self.owner,
+            "region": self.region,
+            "role": self.role,
+            "vpcCidr": self.vpc_cidr,
+            "public": json.dumps(self.public),
+            "engineVersion": self.engine_version,
+            "instanceClass": self.instance_class,
+            "allocatedStorage": str(self.allocated_storage),
+            "spot": json.dumps(self.spot),
+            "services": json.dumps([_plain_service(s) for s in self.services]),
+        }
+        if self.base_stack:
+            values["baseStack"] = self.base_stack
+        if self.ci_cidr:
+            values["ciCidr"] = self.ci_cidr
+        if self.availability_zones:
+            values["availabilityZones"] = ",".join(self.availability_zones)
+        return {f"envkit:{key}": str(value) for key, value in values.items()}
+
+    @classmethod
+    def from_config(cls, get: Mapping[str, str], db_password: Any = None) -> StackConfig:
+        """Read what :meth:`to_config` wrote (keys without the ``envkit:`` namespace)."""
+        zones = get.get("availabilityZones")
+        return cls(
+            pipeline_id=get["pipelineId"],
+            expires_at=parse_iso(get["expiresAt"]),
+            owner=get.get("owner", ""),
+            region=get.get("region", "us-east-1"),
+            role=get.get("role", ROLE_PIPELINE),
+            base_stack=get.get("baseStack") or None,
+            vpc_cidr=get.get("vpcCidr", "10.42.0.0/16"),
+            ci_cidr=get.get("ciCidr") or None,
+            public=json.loads(get.get("public", "false")),
+            availability_zones=tuple(zones.split(",")) if zones else (),
+            engine_version=get.get("engineVersion", "16"),
+            instance_class=get.get("instanceClass", "db.t4g.micro"),
+            allocated_storage=int(get.get("allocatedStorage", "20")),
+            spot=json.loads(get.get("spot", "false")),
+            services=tuple(ServiceArgs(**s) for s in json.loads(get.get("services", "[]"))),
+            db_password=db_password,
+        )
+
+
+def _plain_service(service: ServiceArgs) -> dict[str, Any]:
+    data = asdict(service)
+    # Stack config holds text only; Output-valued env entries are wired by the program itself.
+    data["env"] = {k: v for k, v in service.env.items() if isinstance(v, str)}
+    data["secrets"] = dict(service.secrets)
+    return data
