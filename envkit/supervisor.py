@@ -547,6 +547,10 @@ def stop_services(
     wait = max([float(e.get("grace", 5.0)) for e in recorded.values()] or [5.0])
     if grace is not None:
         wait = grace
+    if not recorded and not (env_dir / "services").exists():
+        # Services get their directory before any is spawned: none was, skip the /proc scan
+        # (~15 ms with reading every process's environment).
+        return []
     pids = set(find_service_processes(home_key, pipeline_id, env_dir))
     for entry in recorded.values():
         pid = entry.get("pid")
