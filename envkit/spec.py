@@ -195,6 +195,45 @@ def database_statements(spec: EnvSpec, *, owner: str, default_database: str) -> 
     return statements
 
 
+AWS_DEFAULT_PORT = 8080  # each Fargate task has its own network interface: a fixed port is fine
+_AWS_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
+
+
+def aws_services(spec: EnvSpec) -> list[dict[str, Any]]:
+    """Keyword arguments of ``stacks.config.ServiceArgs`` for every service of ``spec``.
+
+    ``env`` values keep their ``{PLACEHOLDER}``s: outputs such as ``{DATABASE_URL}`` exist only
+    as Pulumi Outputs inside the program, which renders them (:func:`render`) when they resolve.
+    ``HOST``/``PORT`` are filled here (a task listens on all interfaces of its own ENI).
+    """
+    spec.check_provider("aws")
+    found = []
+    for service in spec.services:
+        if not _AWS_NAME.match(service.name):
+            raise _error(
+                spec.source,
+                f"services.{service.name}",
+                "cannot be an ECS service name: use 1-32 lower-case letters, digits and '-'.",
+            )
+        port = service.port or AWS_DEFAULT_PORT
+        fixed = {"HOST": "0.0.0.0", "PORT": str(port), "SERVICE_NAME": service.name}  # noqa: S104
+        env = {k: render_known(v, fixed) for k, v in service.env.items()}
+        env.update({"HOST": fixed["HOST"], "PORT": fixed["PORT"]})
+        found.append({"name": service.name, "image": service.image, "port": port, "env": env})
+    return found
+
+
+def render_known(template: str, values: Mapping[str, str]) -> str:
+    """Like :func:`render`, but leaves placeholders missing from ``values`` (and escapes) as
+    they are, for a later :func:`render` with the rest."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return values[name] if name and name in values else match.group(0)
+
+    return _PLACEHOLDER.sub(substitute, template)
+
+
 def output_key(name: str) -> str:
     """``my-api`` → ``MY_API`` (for output keys)."""
     return name.upper().replace("-", "_")

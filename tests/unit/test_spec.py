@@ -10,6 +10,7 @@ import pytest
 from envkit.errors import ConfigError
 from envkit.spec import (
     HealthCheck,
+    aws_services,
     database_statements,
     find_spec_file,
     load_spec_file,
@@ -212,3 +213,27 @@ def test_pyproject_errors_name_tool_envkit(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_spec_file(path)
     assert str(path) in str(caught.value) and "tool.envkit.surprise" in str(caught.value)
+
+
+def test_aws_services_map_onto_service_args() -> None:
+    spec = parse(
+        '[services.api]\nimage = "ghcr.io/acme/api:1"\nport = 3000\n'
+        'env = { DB = "{DATABASE_URL}", SELF = "http://{HOST}:{PORT}" }\n'
+        '[services.worker]\nimage = "ghcr.io/acme/worker:1"\ndepends_on = ["api"]\n'
+    )
+    args = aws_services(spec)
+    assert args[0] == {
+        "name": "api",
+        "image": "ghcr.io/acme/api:1",
+        "port": 3000,
+        "env": {"DB": "{DATABASE_URL}", "SELF": "http://0.0.0.0:3000", "HOST": "0.0.0.0",
+                "PORT": "3000"},
+    }
+    assert args[1]["port"] == 8080
+    try:
+        from stacks.config import ServiceArgs
+    except ImportError:
+        return
+    assert ServiceArgs(**args[0]).output_key == "SERVICE_API_URL"
+    with pytest.raises(ConfigError, match=r"services\.my_api"):
+        aws_services(parse('[services.my_api]\nimage = "x:1"\n'))
