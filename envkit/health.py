@@ -387,12 +387,43 @@ def is_transient_pg_error(exc: Exception) -> bool:
 
 
 def tcp_refusal(host: str, port: int, timeout: float) -> str | None:
-    """Why ``host:port`` does not accept TCP connections, or ``None`` when it does (~50 µs)."""
+    """Why ``host:port`` does not accept TCP connections, or ``None`` when it does (~50 µs).
+
+    ``timeout`` bounds the name lookup too: ``getaddrinfo`` has no timeout of its own and can
+    block for seconds when no resolver answers (a private RDS name, an offline runner).
+    """
     try:
-        with socket.create_connection((host, port), timeout=timeout):
+        address = _resolve(host, port, timeout)
+        with socket.create_connection(address, timeout=timeout):
             return None
     except OSError as exc:
         return f"{host}:{port}: {exc.strerror or exc}"
+
+
+def _resolve(host: str, port: int, timeout: float) -> tuple[str, int]:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        return host, port  # an address already: nothing to look up
+    except OSError:
+        pass
+    found: list[tuple[str, int]] = []
+    failure: list[OSError] = []
+
+    def lookup() -> None:
+        try:
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            found.append((str(info[0][4][0]), port))
+        except OSError as exc:
+            failure.append(exc)
+
+    worker = threading.Thread(target=lookup, daemon=True, name=f"resolve-{host}")
+    worker.start()
+    worker.join(timeout)
+    if found:
+        return found[0]
+    if failure:
+        raise failure[0]
+    raise TimeoutError(f"no DNS answer for {host} within {timeout:g}s")
 
 
 @dataclass
