@@ -89,27 +89,23 @@ def mask_phone(key: bytes, value: str) -> str:
     return f"+1-{area}-{FICTIONAL_EXCHANGE}-0{line}"
 
 
+_DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # Luhn: a doubled digit's digit sum
+
+
+def _luhn_sum(digits: str) -> int:
+    rev = digits[::-1]
+    return sum(map(int, rev[0::2])) + sum(_DOUBLED[int(c)] for c in rev[1::2])
+
+
 def luhn_valid(number: str) -> bool:
     """Whether the digits of ``number`` pass the Luhn check."""
-    digits = [int(c) for c in number if c.isdigit()]
-    if len(digits) < 2:
-        return False
-    total = 0
-    for i, digit in enumerate(reversed(digits)):
-        doubled = digit * 2 - 9 if digit > 4 else digit * 2
-        total += doubled if i % 2 == 1 else digit
-    return total % 10 == 0
+    digits = _NON_DIGIT.sub("", number)
+    return len(digits) >= 2 and _luhn_sum(digits) % 10 == 0
 
 
 def luhn_check_digit(body: str) -> str:
     """The digit that makes ``body + digit`` Luhn-valid."""
-    total = 0
-    for i, c in enumerate(reversed(body)):
-        digit = int(c)
-        if i % 2 == 0:  # doubled once the check digit is appended
-            digit = digit * 2 - 9 if digit > 4 else digit * 2
-        total += digit
-    return str((10 - total % 10) % 10)
+    return str(-_luhn_sum(body + "0") % 10)
 
 
 def is_test_card(number: str) -> bool:
@@ -130,10 +126,9 @@ def mask_card(key: bytes, value: str) -> str:
     prefix = TEST_CARD_PREFIXES[d[0] % len(TEST_CARD_PREFIXES)]
     middle = f"{int.from_bytes(d[1:9], 'big') % 100_000:05d}"
     last4 = digits[-4:].rjust(4, "0") if digits else "0000"
-    for fix in "0123456789":  # exactly one digit in this position satisfies Luhn
-        candidate = prefix + middle + fix + last4
-        if luhn_valid(candidate):
-            break
+    # The fixed digit sits at an even place from the right (not doubled): solve for it.
+    fix = str(-_luhn_sum(prefix + middle + "0" + last4) % 10)
+    candidate = prefix + middle + fix + last4
     if len(digits) == CARD_LENGTH and len(value) != CARD_LENGTH:
         # Format-preserving: put the input's separators back where they were.
         it = iter(candidate)

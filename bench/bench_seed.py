@@ -1,0 +1,238 @@
+"""Seeding benchmark: one run, every figure next to its target and its anchor.
+
+    python bench/bench_seed.py [--rows 400000] [--repeat 5]
+
+Prints a table and writes bench/results-seed.json. Figures are medians; speed is judged by
+ratios within this run (same machine, same moment), never by absolute timings in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ANCHORS = {
+    "faker_per_row_rows_s": 3_100,
+    "fresh_to_400k_indexed_s": 4.95,
+    "copy_bare_then_index_rows_s": "245k-284k",
+    "masking_in_postgres_rows_s": 117_000,
+}
+
+
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    took = time.perf_counter() - started
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr[-2000:]}")
+    return took, out.stdout
+
+
+def bench_generation(rows: int) -> dict[str, float]:
+    from envkit import datasets, generation
+    from envkit.settings import Settings
+
+    ds = datasets.load(Settings.resolve({"home": Path(tempfile.gettempdir())}), "default")
+    scale = rows / sum(ds.rows().values())
+    gen = generation.Generator(ds, scale)
+    started = time.perf_counter()
+    gen.pools  # noqa: B018
+    pools = time.perf_counter() - started
+    first_started = time.perf_counter()
+    total = sum(generation.generate_all(gen).values())
+    first = time.perf_counter() - first_started
+    runs = []
+    for _ in range(3):
+        t = time.perf_counter()
+        generation.generate_all(gen)
+        runs.append(time.perf_counter() - t)
+    return {
+        "rows": total,
+        "pools_s": pools,
+        "generation_rows_s_cold": total / first,
+        "generation_rows_s": total / statistics.median(runs),
+    }
+
+
+def bench_faker_per_row(n: int = 3000) -> float:
+    """The baseline: one Faker call per field per row (en_US, weighted), as scripts do it."""
+    from faker import Faker
+
+    fake = Faker("en_US")
+    fake.seed_instance(1)
+    started = time.perf_counter()
+    for _ in range(n):
+        (
+            fake.name(),
+            fake.email(),
+            fake.phone_number(),
+            fake.address(),
+            fake.date_of_birth(),
+            fake.credit_card_number(),
+        )
+    return n / (time.perf_counter() - started)
+
+
+FRESH = """
+import sys, time
+t0 = time.perf_counter()
+from envkit import lifecycle, datasets
+from envkit.loading import load_dataset
+from envkit.settings import Settings
+s = Settings.resolve({})
+r = lifecycle.up(lifecycle.Context.build(sys.argv[1], s))
+ds = datasets.load(s, "default")
+stats = load_dataset(r.outputs["DATABASE_URL"], ds, float(sys.argv[2]))
+stats["wall_s"] = time.perf_counter() - t0
+import json; print(json.dumps(stats))
+"""
+
+
+def bench_fresh_and_load(env: dict[str, str], rows: int) -> dict[str, float]:
+    """A fresh process: up an empty environment, then generate + COPY + index ``rows`` rows."""
+    scale = rows / 10_000
+    walls, loads = [], []
+    for i in range(3):
+        pid = f"bench-fresh-{i}"
+        started = time.perf_counter()
+        _, out = run([sys.executable, "-c", FRESH, pid, str(scale)], env)
+        walls.append(time.perf_counter() - started)
+        stats = json.loads(out)
+        loads.append(stats)
+        run([sys.executable, "-m", "envkit", "down", pid], env)
+    best = sorted(loads, key=lambda s: s["seconds"])[len(loads) // 2]
+    return {
+        "fresh_to_indexed_s": statistics.median(walls),
+        "load_rows_s": best["rows"] / best["seconds"],
+        "copy_phase_rows_s": best["rows"] / best["copy_seconds"],
+        "load_copy_s": best["copy_seconds"],
+        "load_index_s": best["index_seconds"],
+        "load_analyze_s": best["analyze_seconds"],
+    }
+
+
+SOURCE_SCHEMA = """
+CREATE TABLE customers (id bigint PRIMARY KEY, email text NOT NULL, full_name text NOT NULL,
+    phone text NOT NULL, city text NOT NULL, card text NOT NULL, note text NOT NULL);
+"""
+
+
+def bench_masked_copy(env: dict[str, str], rows: int) -> dict[str, float]:
+    """Fill a source environment with real-looking rows, copy all of it masked to a target."""
+    import psycopg
+
+    from envkit import lifecycle
+    from envkit.masking import luhn_check_digit
+    from envkit.settings import Settings
+    from envkit.subsetting import copy_subset
+
+    settings = Settings.resolve({"home": env["ENVKIT_HOME"]})
+    src = lifecycle.up(lifecycle.Context.build("bench-src", settings)).outputs["DATABASE_URL"]
+    dst = lifecycle.up(lifecycle.Context.build("bench-dst", settings)).outputs["DATABASE_URL"]
+    with psycopg.connect(src) as conn:
+        conn.execute(SOURCE_SCHEMA)
+        with conn.cursor().copy("COPY customers FROM STDIN") as copy:
+            for i in range(rows):
+                body = f"4929{i:011d}"
+                copy.write(
+                    f"{i}\tperson{i}@gmail.com\tPat Person{i % 997}\t+1 415 {2000000 + i}\t"
+                    f"City{i % 301}\t{body}{luhn_check_digit(body)}\tok\n"
+                )
+    rules = Path(tempfile.mkdtemp()) / "rules.toml"
+    rules.write_text(
+        '[subset]\nroot = "customers"\nwhere = "true"\n[rules.customers]\n'
+        'id = "keep"\nemail = "email"\nfull_name = "name"\nphone = "phone"\n'
+        'city = "city"\ncard = "card"\nnote = "keep"\n'
+    )
+    stats = copy_subset(src, rules, dst, key=b"bench-key-0123456789abcdef")
+    for pid in ("bench-src", "bench-dst"):
+        lifecycle.down(lifecycle.Context.build(pid, settings))
+    return {
+        "masked_rows": stats["rows"],
+        "masked_copy_rows_s": stats["rows_per_s"],
+        "masked_total_s": stats["seconds"],
+    }
+
+
+def bench_up(env: dict[str, str], repeat: int) -> dict[str, float]:
+    """`envkit up` (CLI, fresh process) with the default dataset vs ``--no-seed``."""
+    envkit = [sys.executable, "-m", "envkit"]
+    # Warm: build the seeded template and let spare copies of both templates be made.
+    for flag, pid in (([], "bench-warm-a"), (["--no-seed"], "bench-warm-b")):
+        run([*envkit, "up", pid, "--format", "json", *flag], env)
+        run([*envkit, "down", pid], env)
+    time.sleep(1.0)
+    seeded, empty = [], []
+    for i in range(repeat):
+        for flag, into in (([], seeded), (["--no-seed"], empty)):
+            pid = f"bench-up-{len(flag)}-{i}"
+            took, _ = run([*envkit, "up", pid, "--format", "json", *flag], env)
+            into.append(took)
+            run([*envkit, "down", pid], env)
+            time.sleep(0.3)  # let the spare refill finish, as between real CI jobs
+    s, e = statistics.median(seeded), statistics.median(empty)
+    return {"up_seeded_s": s, "up_empty_s": e, "up_ratio": s / e}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=400_000)
+    parser.add_argument("--masked-rows", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="envkit-bench-seed-"))
+    env = {**os.environ, "ENVKIT_HOME": str(home)}
+    for name in ("ENVKIT_DATASET", "ENVKIT_SEED_SCALE", "ENVKIT_SEEDS_DIR"):
+        env.pop(name, None)
+    os.environ["ENVKIT_HOME"] = str(home)
+    results: dict[str, Any] = {"anchors": ANCHORS}
+    try:
+        results.update(bench_generation(args.rows))
+        results["faker_per_row_rows_s"] = bench_faker_per_row()
+        results["faker_per_row_projected_400k_s"] = 400_000 / results["faker_per_row_rows_s"]
+        results.update(bench_fresh_and_load(env, args.rows))
+        results.update(bench_masked_copy(env, args.masked_rows))
+        results.update(bench_up(env, args.repeat))
+    finally:
+        subprocess.run(
+            [sys.executable, "-c", "import sys; sys.path.insert(0, 'tests'); "
+             "from conftest import tear_down_home; from pathlib import Path; "
+             f"tear_down_home(Path({str(home)!r}))"],
+            cwd=ROOT, env=env, check=False,
+        )  # fmt: skip
+        shutil.rmtree(home, ignore_errors=True)
+    rows = [
+        ("generation rows/s (warm pools)", results["generation_rows_s"], "≥ 300k"),
+        ("generation rows/s (cold, 1st pass)", results["generation_rows_s_cold"], ""),
+        ("Faker pools built (s)", results["pools_s"], ""),
+        ("Faker per row rows/s (baseline)", results["faker_per_row_rows_s"], "anchor 3.1k"),
+        ("load rows/s (gen+COPY+keys+index)", results["load_rows_s"], "≥ 250k"),
+        ("  COPY phase rows/s", results["copy_phase_rows_s"], "anchor 245-284k"),
+        ("fresh → 400k indexed DB (s)", results["fresh_to_indexed_s"], "≤ 3 (anchor 4.95)"),
+        ("  Faker-per-row projected (s)", results["faker_per_row_projected_400k_s"], ""),
+        ("masked copy rows/s (real DB)", results["masked_copy_rows_s"], "≥ 100k/core"),
+        ("envkit up, default dataset (s)", results["up_seeded_s"], ""),
+        ("envkit up, --no-seed (s)", results["up_empty_s"], ""),
+        ("ratio seeded / empty", results["up_ratio"], "≤ 1.2"),
+    ]
+    print(f"{'figure':<40} {'value':>14}  target / anchor")
+    for label, value, target in rows:
+        shown = f"{value:,.0f}" if value >= 1000 else f"{value:.3f}"
+        print(f"{label:<40} {shown:>14}  {target}")
+    out = ROOT / "bench" / "results-seed.json"
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
