@@ -135,6 +135,7 @@ class Defaults:
 
     provider: str | None = None
     ttl: timedelta | None = None
+    seeds_dir: Path | None = None  # relative to the spec's folder
 
 
 @dataclass(frozen=True)
@@ -337,7 +338,7 @@ class _Parser:
         return EnvSpec(self.source, databases, services, defaults)
 
     def defaults(self, data: Mapping[str, Any]) -> Defaults:
-        self.keys(data, "defaults", ("provider", "ttl"))
+        self.keys(data, "defaults", ("provider", "ttl", "seeds_dir"))
         provider = data.get("provider")
         if provider is not None and provider not in PROVIDERS:
             raise self.error(
@@ -352,7 +353,12 @@ class _Parser:
                 ttl = parse_duration(text, what="TTL")
             except ConfigError as exc:
                 raise self.error("defaults.ttl", f"is invalid: {exc.message}") from None
-        return Defaults(provider, ttl)
+        seeds_dir = None
+        if "seeds_dir" in data:
+            seeds_dir = Path(self.string(data["seeds_dir"], "defaults.seeds_dir"))
+            if not seeds_dir.is_absolute() and self.source is not None:
+                seeds_dir = self.source.parent / seeds_dir
+        return Defaults(provider, ttl, seeds_dir)
 
     def databases(self, data: Mapping[str, Any]) -> tuple[DatabaseSpec, ...]:
         if not data:
@@ -693,4 +699,6 @@ def spec_defaults(explicit: Path | None, cwd: Path) -> dict[str, Any]:
         found["provider"] = defaults.provider
     if defaults.ttl is not None:
         found["ttl"] = defaults.ttl
+    if defaults.seeds_dir is not None:
+        found["seeds_dir"] = defaults.seeds_dir
     return found

@@ -102,3 +102,27 @@ def test_up_logs_down_with_services(envkit_home: Path) -> None:
     assert envkit("down", "spec-cli", home=envkit_home, cwd=EXAMPLE).returncode == 0
     layout = Layout.for_settings(Settings.resolve({"home": envkit_home}))
     assert find_service_processes(layout.home_key, "spec-cli", layout.env_dir("spec-cli")) == []
+
+
+FLASK_API = EXAMPLE.parent / "flask-api"
+
+
+def test_flask_api_serves_seeded_data(envkit_home: Path) -> None:
+    pytest.importorskip("flask")
+    if not (FLASK_API / "app.py").is_file():
+        pytest.skip("examples/flask-api is not there")
+    env = {"ENVKIT_SPEC": str(FLASK_API / "envkit.service.toml")}
+    result = envkit("up", "flask-svc", "--format", "json", home=envkit_home, cwd=FLASK_API,
+                    env=env)
+    assert result.returncode == 0, result.stderr
+    url = json.loads(result.stdout)["outputs"]["SERVICE_API_URL"]
+    assert url.endswith(":8000")
+    curl = subprocess.run(["curl", "-sf", "--noproxy", "*", url + "/users"],
+                          capture_output=True, text=True, check=False)
+    assert curl.returncode == 0, curl.stderr
+    users = json.loads(curl.stdout)
+    assert len(users) == 50  # the flask-users dataset, read through the API
+    assert {"id", "name", "email", "created_at"} == set(users[0])
+    assert envkit("down", "flask-svc", home=envkit_home, cwd=FLASK_API).returncode == 0
+    layout = Layout.for_settings(Settings.resolve({"home": envkit_home}))
+    assert find_service_processes(layout.home_key, "flask-svc", layout.env_dir("flask-svc")) == []

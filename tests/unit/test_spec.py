@@ -237,3 +237,8 @@ def test_aws_services_map_onto_service_args() -> None:
     assert ServiceArgs(**args[0]).output_key == "SERVICE_API_URL"
     with pytest.raises(ConfigError, match=r"services\.my_api"):
         aws_services(parse('[services.my_api]\nimage = "x:1"\n'))
+
+
+def test_defaults_seeds_dir_is_relative_to_the_spec(tmp_path: Path) -> None:
+    (tmp_path / "envkit.toml").write_text('[defaults]\nseeds_dir = "seeds"\n')
+    assert spec_defaults(None, tmp_path) == {"seeds_dir": tmp_path / "seeds"}
