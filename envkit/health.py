@@ -15,12 +15,14 @@ inside the check). :func:`probe_from_spec` builds one from an environment spec's
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -426,6 +428,40 @@ def _resolve(host: str, port: int, timeout: float) -> tuple[str, int]:
     raise TimeoutError(f"no DNS answer for {host} within {timeout:g}s")
 
 
+def pg_startup_refusal(
+    address: tuple[str, int], user: str, dbname: str, timeout: float
+) -> str | None:
+    """Send a bare v3 startup packet; the server's message when it says "not now" (starting
+    up, shutting down, too many clients), else ``None`` (it went on to authentication).
+
+    No password is sent: the server answers with an authentication request, and hanging up
+    there is what psql does before prompting, so the server logs nothing.
+    """
+    params = b"user\0" + user.encode() + b"\0database\0" + dbname.encode() + b"\0\0"
+    packet = struct.pack("!ii", 8 + len(params), 196608) + params  # protocol 3.0
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.sendall(packet)
+        head = _recv_exactly(sock, 5)
+        if head[:1] != b"E":
+            return None
+        (length,) = struct.unpack("!i", head[1:5])
+        body = _recv_exactly(sock, min(max(length - 4, 0), 8192))
+    fields = {chunk[:1]: chunk[1:].decode(errors="replace") for chunk in body.split(b"\0") if chunk}
+    if fields.get(b"C") in _TRANSIENT_SQLSTATES:
+        return fields.get(b"M") or "the server cannot accept connections yet"
+    return None  # anything else: let the real client report it
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionResetError(errno.ECONNRESET, "server closed the connection")
+        data += chunk
+    return data
+
+
 @dataclass
 class PostgresProbe:
     """postgres: connect + ``SELECT 1``, and optionally a query that must return rows.
@@ -433,8 +469,10 @@ class PostgresProbe:
     ``client``: ``psycopg``, ``psql`` (spawn the server's ``psql``: ~7 ms, but no ~0.1 s
     ``import psycopg`` on the ``envkit up`` hot path) or ``auto`` (psql when ``psql`` is given
     and psycopg is not imported yet). Before either, a bare TCP connect (~50 µs) answers "not
-    listening yet", so polling every few ms costs next to nothing. A ``require_rows`` query
-    failing with "relation/column does not exist" counts as "not yet" (migrations pending).
+    listening yet", and after a failed attempt a bare startup packet (~1 ms, no password, no
+    client spawned) answers "starting up": polling every few ms costs next to nothing, and the
+    real client runs once the server can answer it. A ``require_rows`` query failing with
+    "relation/column does not exist" counts as "not yet" (migrations pending).
     """
 
     conninfo: str = field(repr=False)  # holds the password
@@ -444,25 +482,47 @@ class PostgresProbe:
     connect_timeout: float = 2.0
     psql: Path | None = None
     client: Literal["auto", "psql", "psycopg"] = "auto"
-    max_delay: float = 0.005
+    max_delay: float = 0.003
+    _failing: bool = field(default=False, init=False, repr=False, compare=False)
 
     def check(self) -> None:
         """Connect and run ``SELECT 1`` (and ``require_rows``)."""
-        parts = self._url()
-        if parts is not None and parts.hostname and not parts.hostname.startswith("/"):
-            refused = tcp_refusal(parts.hostname, parts.port or 5432, self.connect_timeout)
-            if refused is not None:
-                raise TransientError(refused)
         try:
+            self._precheck()
             if self._use_psql():
                 self._check_with_psql()
             else:
                 self._check_with_psycopg()
-        except (TransientError, ProbeError) as exc:
-            message = scrub(str(exc), [self._password()])
-            if message != str(exc):
-                raise type(exc)(message) from None
-            raise
+        except TransientError as exc:
+            self._failing = True
+            raise TransientError(scrub(str(exc), [self._password()])) from None
+        except ProbeError as exc:
+            raise type(exc)(scrub(str(exc), [self._password()])) from None
+        self._failing = False
+
+    def _precheck(self) -> None:
+        """Cheap answers to "not listening" (always) and "starting up" (after a failure)."""
+        parts = self._url()
+        if parts is None or not parts.hostname or parts.hostname.startswith("/"):
+            return
+        host, port = parts.hostname, parts.port or 5432
+        if not self._failing:
+            refused = tcp_refusal(host, port, self.connect_timeout)
+            if refused is not None:
+                raise TransientError(refused)
+            return
+        try:
+            address = _resolve(host, port, self.connect_timeout)
+            refusal = pg_startup_refusal(
+                address,
+                unquote(parts.username or ""),
+                unquote(parts.path.lstrip("/")) or unquote(parts.username or ""),
+                self.connect_timeout,
+            )
+        except OSError as exc:
+            raise TransientError(f"{host}:{port}: {exc.strerror or exc}") from None
+        if refusal is not None:
+            raise TransientError(refusal)
 
     def _url(self) -> Any:
         if not self.conninfo.startswith(("postgres://", "postgresql://")):
