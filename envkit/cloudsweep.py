@@ -125,7 +125,7 @@ def sweep(
 
     session = boto3.session.Session(region_name=region)
     by_pipeline: dict[str, list[_Found]] = {}
-    for found in _discover(session, pipeline_id):
+    for found in _live(session, list(_discover(session, pipeline_id))):
         owner = found.tags.get(TAG_PIPELINE_ID)
         if owner and (pipeline_id is None or owner == pipeline_id):
             by_pipeline.setdefault(owner, []).append(found)
@@ -189,6 +189,37 @@ def _discover(session: Any, pipeline_id: str | None) -> Iterator[_Found]:
         if found.arn not in seen and _matches(found, pipeline_id):
             seen.add(found.arn)
             yield found
+
+
+def _live(session: Any, resources: list[_Found]) -> list[_Found]:
+    """Drop ECS resources already deleted: AWS keeps INACTIVE clusters, services and task
+    definitions describable (and tagged) for a while after their deletion."""
+    ecs_kinds = {"ecs:cluster", "ecs:service", "ecs:task-definition"}
+    if not any(r.kind in ecs_kinds for r in resources):
+        return resources
+    ecs = session.client("ecs")
+    gone: set[str] = set()
+    for found in resources:
+        try:
+            if found.kind == "ecs:cluster":
+                clusters = ecs.describe_clusters(clusters=[found.arn])["clusters"]
+                status = clusters[0]["status"] if clusters else "INACTIVE"
+            elif found.kind == "ecs:service":
+                cluster = found.arn.split(":", 5)[5].split("/")[1]
+                services = ecs.describe_services(cluster=cluster, services=[found.arn])["services"]
+                status = services[0]["status"] if services else "INACTIVE"
+            elif found.kind == "ecs:task-definition":
+                definition = ecs.describe_task_definition(taskDefinition=found.arn)
+                status = definition["taskDefinition"]["status"]
+            else:
+                continue
+        except Exception as exc:
+            if _code(exc) in _GONE or _code(exc) == "ClientException":
+                gone.add(found.arn)
+            continue
+        if status in ("INACTIVE", "DRAINING", "DELETE_IN_PROGRESS"):
+            gone.add(found.arn)
+    return [r for r in resources if r.arn not in gone]
 
 
 def _matches(found: _Found, pipeline_id: str | None) -> bool:
