@@ -604,14 +604,29 @@ class AwsProvider:
             ) from None
 
     def probes(self, record: Record) -> list[Probe]:
-        from envkit.health import PostgresProbe
+        from envkit.health import EcsServicesProbe, RdsInstanceProbe
 
-        url = record.outputs.get("DATABASE_URL")
-        if not url:
+        pid = record.pipeline_id
+        outputs = record.outputs
+        if not outputs:
             return []
-        # Pulumi's RDS create returns once the instance is 'available'; this proves the
-        # endpoint answers from here (it needs the CI CIDR or a runner inside the VPC).
-        return [PostgresProbe(url, component="database", connect_timeout=5.0)]
+        from envkit.naming import aws_name
+
+        # RDS 'available' (boto3), then SELECT 1 when the endpoint is reachable from here (a
+        # runner outside the VPC often cannot reach it); ECS cluster ACTIVE, services stable.
+        return [
+            RdsInstanceProbe(
+                record.resources.get("rds_identifier") or rds_identifier(pid),
+                region=self.region,
+                user=outputs.get("DATABASE_USER"),
+                password=outputs.get("DATABASE_PASSWORD"),
+                dbname=outputs.get("DATABASE_NAME"),
+            ),
+            EcsServicesProbe(
+                record.resources.get("ecs_cluster") or aws_name(pid, limit=255),
+                region=self.region,
+            ),
+        ]
 
     def alive(self, record: Record) -> bool:
         import boto3

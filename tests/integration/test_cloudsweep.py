@@ -213,3 +213,25 @@ def test_pipeline_mode_deletes_all_of_one_pipeline_whatever_its_expiry(aws: Any)
     after = inventory(aws)
     assert after["dbs"] == {"envkit-fresh-2-db"} and after["clusters"] == {"envkit-fresh-2"}
     assert report.as_dict().keys() == {"reaped", "kept", "errors"}
+
+
+def test_provider_alive_and_probes_use_boto3_against_the_same_server(
+    aws: Any, tmp_path: Any
+) -> None:
+    from envkit.health import wait_until_healthy
+    from envkit.providers.aws import AwsProvider
+    from envkit.settings import Settings
+    from envkit.state import Record, Status
+
+    create_environment(aws, "pr-7", NOW + timedelta(hours=3))
+    settings = Settings.resolve({"home": tmp_path / "home", "aws_region": REGION}, env={})
+    provider = AwsProvider(settings, automation=object())  # type: ignore[arg-type]
+    record = Record(
+        "pr-7", "aws", Status.READY, "2030-01-01T00:00:00Z", "2030-01-01T04:00:00Z", "t"
+    )
+    record.outputs = {"DATABASE_USER": "envkit", "DATABASE_PASSWORD": "secret-password-1"}
+    assert provider.alive(record)
+    report = wait_until_healthy(provider.probes(record), timeout=30)
+    assert {r.name for r in report.results} == {"aws-rds", "aws-ecs"}
+    cloudsweep.sweep(region=REGION, dry_run=False, now=NOW, pipeline_id="pr-7")
+    assert not provider.alive(record)
