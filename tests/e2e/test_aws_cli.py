@@ -51,3 +51,18 @@ def test_up_without_pulumi_cli_exits_2_naming_pulumi_without_traceback(tmp_path:
     assert not (home / "pulumi" / "state").exists()
     status = run_envkit(tmp_path, "status", "pr-6", "--json")
     assert '"absent"' in status.stdout
+
+
+def test_doctor_reports_pulumi_missing_as_informational(tmp_path: Path) -> None:
+    import json
+
+    result = run_envkit(tmp_path, "doctor", "--json")
+    data = json.loads(result.stdout)
+    checks = {c["name"]: c for c in data["checks"]}
+    assert checks["Pulumi CLI"]["ok"] is False and checks["Pulumi CLI"]["required"] is False
+    assert "get.pulumi.com" in checks["Pulumi CLI"]["fix"]
+    assert checks["AWS credentials"]["required"] is False
+    assert set(checks) == {"PostgreSQL binaries", "Pulumi CLI", "AWS credentials", "Pulumi backend"}
+    # Exit 0 exactly when the local provider's prerequisites are there.
+    assert result.returncode == (0 if checks["PostgreSQL binaries"]["ok"] else 1)
+    assert "Traceback" not in result.stderr
