@@ -91,7 +91,7 @@ def decide(
         return Decision(False, "busy: another envkit process holds its lock")
     if record.status in BUSY_STATUSES:
         stuck_since = _parse(record.updated_at) or _parse(record.created_at)
-        if _age(stuck_since, now) < grace:
+        if older_than is not None and _age(stuck_since, now) < grace:
             return Decision(False, f"stuck in {record.status} for less than {grace}")
         return Decision(True, f"stuck in {record.status}: its owner (pid {record.owner_pid}) died")
     if record.expired(now):
@@ -372,6 +372,38 @@ def reap(
     return Reaper(
         settings, dry_run=dry_run, older_than=older_than, provider=provider, now=now
     ).run()
+
+
+def inventory(settings: Settings, pipeline_ids: Iterable[str] = ()) -> dict[str, list[str]]:
+    """Everything the local provider holds for this ``ENVKIT_HOME``: records, lock files, env
+    directories, marked processes, address reservations, and the socket directories of
+    ``pipeline_ids``. All lists are empty once everything is destroyed (tests assert that)."""
+    from envkit.providers.local import Layout
+
+    layout = Layout.for_settings(settings)
+    store = StateStore(settings.home)
+    locks = store.home / "locks"
+    prefix = f"{layout.home_key}/"
+    return {
+        "records": [r.pipeline_id for r in store.all()],
+        "locks": sorted(p.name for p in locks.glob("*.lock")) if locks.is_dir() else [],
+        "directories": sorted(p.name for p in layout.envs_root.iterdir())
+        if layout.envs_root.is_dir()
+        else [],
+        "processes": sorted(
+            f"{pid} ({pipeline_id})"
+            for pipeline_id, pids in marked_processes(layout.envs_root).items()
+            for pid in pids
+        ),
+        "addresses": sorted(
+            f"{host} ({owner})"
+            for host, owner in layout.addresses.owners().items()
+            if owner.startswith(prefix) or owner == ""
+        ),
+        "sockets": sorted(
+            str(layout.socket_dir(i)) for i in pipeline_ids if layout.socket_dir(i).exists()
+        ),
+    }
 
 
 def marked_processes(envs_root: Path) -> dict[str, list[int]]:
