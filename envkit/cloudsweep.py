@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from envkit.errors import TeardownError
 from envkit.naming import TAG_EXPIRES_AT, TAG_PIPELINE_ID, parse_iso
 
 log = logging.getLogger(__name__)
@@ -119,13 +120,23 @@ def sweep(
     what would be deleted (as ``reaped``, each entry with ``"dry_run": True``) and deletes
     nothing. Resources without an ``envkit:pipeline-id`` tag are never looked at; a pipeline
     with a missing or unreadable expiry is kept. Credentials and endpoint come from the usual
-    boto3 chain (``AWS_ENDPOINT_URL`` included).
+    boto3 chain (``AWS_ENDPOINT_URL`` included). Failing to list raises ``TeardownError``;
+    failing to delete a resource is reported in ``errors`` and the sweep goes on.
     """
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
 
     session = boto3.session.Session(region_name=region)
     by_pipeline: dict[str, list[_Found]] = {}
-    for found in _live(session, list(_discover(session, pipeline_id))):
+    try:
+        discovered = _live(session, list(_discover(session, pipeline_id)))
+    except (BotoCoreError, ClientError) as exc:
+        raise TeardownError(
+            f"Listing envkit-tagged resources in {region} failed: {_describe(exc)}",
+            hint="Check the AWS credentials and region (envkit doctor); the sweep needs "
+            "tag:GetResources and the describe/delete permissions of each service.",
+        ) from None
+    for found in discovered:
         owner = found.tags.get(TAG_PIPELINE_ID)
         if owner and (pipeline_id is None or owner == pipeline_id):
             by_pipeline.setdefault(owner, []).append(found)
