@@ -1,0 +1,179 @@
+"""Crash injection: SIGKILL ``envkit up`` at 50 random moments, then ``reap`` or ``down``.
+
+Each kill is followed, alternately, by ``envkit reap`` and ``envkit down ID``; after each, nothing
+of the pipeline may remain: no state record, lock file, data directory, marked process, address
+reservation or socket directory. Afterwards a normal ``up`` works.
+
+The test uses a private data root, so its template and spare copies are its own: before every
+other kill it empties the spares, so ``up`` copies the template itself and kills land mid-copy
+as well as mid-start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from envkit import lifecycle
+from envkit.pgserver import cmdline
+from envkit.providers.local import Layout
+from envkit.reaper import inventory, reap
+from envkit.settings import Settings
+from envkit.state import Record, StateStore, Status
+
+pytestmark = pytest.mark.integration
+
+KILLS = 50
+SEED = 20261121
+IDS = ("crash-a", "crash-b", "crash-c")
+
+
+@pytest.fixture
+def private_data(envkit_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A data root of this test alone (RAM-backed when possible), removed afterwards."""
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else envkit_home.parent
+    root = base / f"envkit-crash-{secrets.token_hex(4)}"
+    monkeypatch.setenv("ENVKIT_DATA_DIR", str(root))
+    yield root
+    # conftest's teardown destroys the environments; this catches processes and spare refills
+    # started under this private root (all of them started by this test), then removes it.
+    needle = str(root) + os.sep
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and any(a.startswith(needle) for a in cmdline(int(entry))):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry), signal.SIGKILL)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def envkit(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "envkit", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def empty_spares(settings: Settings) -> None:
+    """Remove the ready spare copies (waiting for a running refill), so the next up copies."""
+    templates = Layout.for_settings(settings).templates
+    for spares in templates.glob("*.spares"):
+        lock = os.open(spares / ".refill.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for child in spares.iterdir():
+                if not child.name.startswith(".refill"):
+                    shutil.rmtree(child, ignore_errors=True)
+        finally:
+            os.close(lock)
+
+
+def phase(record: Record | None) -> str:
+    """How far the killed up got, from what its write-ahead record says."""
+    if record is None:
+        return "before-record"
+    if record.status is Status.READY:
+        return "ready"
+    if "host" not in record.resources:
+        return "record-saved"
+    if "port" not in record.resources:
+        return "copy-or-start"
+    if not record.outputs:
+        return "configure"
+    return "health"
+
+
+def leftovers(settings: Settings) -> dict[str, list[str]]:
+    return {k: v for k, v in inventory(settings, IDS).items() if v}
+
+
+def test_sigkill_during_up_leaves_nothing_reap_or_down_cannot_clean(
+    settings: Settings, private_data: Path
+) -> None:
+    # Warm up (builds the template) and time one `envkit up` process: when its record appears
+    # (interpreter start-up and imports come before) and when it exits.
+    store = StateStore(settings.home)
+    marks = []
+    for _ in range(4):
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "envkit", "up", "crash-warm"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        recorded = ready = None
+        while proc.poll() is None and ready is None:
+            record = store.load("crash-warm")
+            if record is not None and recorded is None:
+                recorded = time.perf_counter() - started
+            if record is not None and record.status is Status.READY:
+                ready = time.perf_counter() - started
+            time.sleep(0.001)
+        assert proc.wait(timeout=60) == 0
+        marks.append((recorded or 0.0, ready or time.perf_counter() - started))
+        assert envkit("down", "crash-warm").returncode == 0
+    # The first run built the template; of the rest take the median of each mark.
+    t_record = sorted(m[0] for m in marks[1:])[1]
+    t_ready = t_record + sorted(m[1] - m[0] for m in marks[1:])[1]
+
+    rng = random.Random(SEED)
+    outcomes = {"killed": 0, "finished-first": 0, "reap": 0, "down": 0, "copy-forced": 0}
+    phases: Counter[str] = Counter()
+    for i in range(KILLS):
+        pipeline_id = IDS[i % len(IDS)]
+        if i % 2 == 0:
+            empty_spares(settings)
+            outcomes["copy-forced"] += 1
+        # One kill in five lands before the up's own work starts (interpreter start-up, imports,
+        # lock); the rest are spread over that work, timed from when its record appears, so the
+        # machine's load (other tests) does not push them all into the start-up.
+        proc = subprocess.Popen([sys.executable, "-m", "envkit", "up", pipeline_id],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if i % 5 == 0:
+            delay = rng.uniform(0.0, t_record)
+        else:
+            delay = rng.uniform(0.0, 1.1 * (t_ready - t_record))
+            while proc.poll() is None and not store.record_path(pipeline_id).exists():
+                time.sleep(0.0005)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        # An up that got as far as "ready" (exited, or killed after its last save) leaves a
+        # ready, unexpired environment, which reap rightly keeps: down cleans that one.
+        record = StateStore(settings.home).load(pipeline_id)
+        finished = record is not None and record.status is Status.READY
+        outcomes["finished-first" if finished else "killed"] += 1
+        phases[phase(record)] += 1
+        use_reap = i % 2 == 1 and not finished
+        outcomes["reap" if use_reap else "down"] += 1
+        if i % 3 == 0:  # the CLI, as a user or a cron job runs it
+            cleanup = envkit("reap", "--json") if use_reap else envkit("down", pipeline_id)
+            assert cleanup.returncode == 0, (i, delay, cleanup.stdout, cleanup.stderr)
+        elif use_reap:  # the same code in-process: no interpreter start-up, so more kills fit
+            report = reap(settings)
+            assert report.errors == [], report.errors
+        else:
+            lifecycle.down(lifecycle.Context.build(pipeline_id, settings))
+        left = leftovers(settings)
+        assert left == {}, f"kill {i} after {delay:.3f}s ({'reap' if use_reap else 'down'})"
+
+    print(f"crash injection: {KILLS} kills, record at {t_record:.2f}s, ready at {t_ready:.2f}s: "
+          f"{outcomes}; phases {dict(phases)}")
+    assert outcomes["killed"] >= KILLS * 0.7  # most kills really landed inside the up
+    assert phases["copy-or-start"] + phases["configure"] >= 5  # and some mid-copy/mid-start
+
+    # Afterwards a normal up works, and down leaves nothing.
+    ctx = lifecycle.Context.build("crash-a", settings)
+    record = lifecycle.up(ctx)
+    import psycopg
+
+    with psycopg.connect(record.outputs["DATABASE_URL"], connect_timeout=5) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+    lifecycle.down(ctx)
+    assert leftovers(settings) == {}
