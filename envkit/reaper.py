@@ -335,7 +335,8 @@ class Reaper:
     # -- cloud ------------------------------------------------------------------------------------
     def _cloud(self) -> None:
         try:
-            from envkit import cloudsweep  # type: ignore[attr-defined,unused-ignore]
+            from envkit import cloudsweep
+            from envkit.providers.aws import aws_region
         except ImportError as exc:
             self.report.errors.append(
                 {
@@ -347,7 +348,7 @@ class Reaper:
             return
         try:
             swept = cloudsweep.sweep(
-                region=self.settings.aws_region,
+                region=aws_region(self.settings),
                 dry_run=self.dry_run,
                 now=self.now,
                 older_than=self.older_than,
