@@ -181,3 +181,33 @@ def test_an_empty_reservation_is_reaped_only_after_a_grace(tmp_path: Path,
     report = reaper.run()
     assert [e["resource"] for e in report.reaped] == ["127.1.1.1"]
     assert not old.exists() and new.exists()
+
+
+def test_reap_aws_merges_the_cloud_sweep(tmp_path: Path, clean_env: None,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import dataclass, field
+
+    from envkit import cloudsweep
+
+    calls: list[dict[str, object]] = []
+
+    @dataclass
+    class FakeReport:
+        reaped: list[dict[str, object]] = field(default_factory=list)
+        kept: list[dict[str, object]] = field(default_factory=list)
+        errors: list[dict[str, object]] = field(default_factory=list)
+
+    def fake_sweep(**kwargs: object) -> FakeReport:
+        calls.append(kwargs)
+        return FakeReport(reaped=[{"pipeline_id": "cloud-1", "arns": ["arn:aws:ec2:x"]}],
+                          kept=[{"pipeline_id": "cloud-2", "arns": []}])
+
+    monkeypatch.setattr(cloudsweep, "sweep", fake_sweep)
+    settings = Settings.resolve({"home": tmp_path / "home", "data_dir": tmp_path / "data",
+                                 "aws_region": "eu-west-1"})
+    report = Reaper(settings, provider="aws", dry_run=True, now=NOW,
+                    older_than=timedelta(hours=1)).run()
+    assert calls == [{"region": "eu-west-1", "dry_run": True, "now": NOW,
+                      "older_than": timedelta(hours=1)}]
+    assert [e["pipeline_id"] for e in report.reaped] == ["cloud-1"]
+    assert [e["pipeline_id"] for e in report.kept] == ["cloud-2"]
