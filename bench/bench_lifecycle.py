@@ -1,0 +1,169 @@
+"""Benchmark: parallel ups, and reaping, as users run them (the CLI as a subprocess).
+
+Measured in one run, on this machine, medians of N rounds each, in a private ENVKIT_HOME:
+
+- **one up**: ``python -m envkit up ID --format json`` → ready, wall time (each followed by an
+  untimed ``down``);
+- **8 parallel ups**: eight such processes started at once with distinct IDs, wall time until
+  the last one exits (then all downs, untimed). Target: ≤ 1.25 x (8 / cores) x one up — within
+  25 % of the CPU-bound ideal (5 x one up on 2 cores);
+- **reap 50 expired**: 50 real environments created with a 1 s TTL, then one
+  ``python -m envkit reap --json`` wall time until all 50 are gone.
+
+Every environment created here is destroyed at the end, also on failure or Ctrl-C.
+Writes bench/results-lifecycle.json (``rows`` in the shape bench/run.py renders).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from envkit import lifecycle  # noqa: E402
+from envkit.reaper import inventory  # noqa: E402
+from envkit.settings import Settings  # noqa: E402
+
+
+def envkit(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The CLI exactly as a user runs it, with the real interpreter."""
+    return subprocess.run([sys.executable, "-m", "envkit", *args], capture_output=True,
+                          text=True, env=env, check=False, timeout=300)
+
+
+def timed_up(pipeline_id: str, env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    done = envkit("up", pipeline_id, "--format", "json", env=env)
+    took = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"envkit up {pipeline_id} failed: {done.stderr}")
+    return took
+
+
+def parallel_ups(ids: list[str], env: dict[str, str]) -> float:
+    """Start every up at once (Popen, not a pool that could stagger them); wall time to the last."""
+    started = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-m", "envkit", "up", i, "--format", "json"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+             for i in ids]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    took = time.perf_counter() - started
+    failed = [e for p, e in zip(procs, errors, strict=True) if p.returncode != 0]
+    if failed:
+        raise SystemExit(f"{len(failed)} parallel ups failed: {failed[0]!r}")
+    return took
+
+
+def downs(ids: list[str], env: dict[str, str]) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: envkit("down", i, env=env), ids))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per figure (median)")
+    parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument("--reap", type=int, default=50, help="expired environments to reap")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="envkit-bench-lifecycle-"))
+    env = {**os.environ, "ENVKIT_HOME": str(home)}
+    for name in ("ENVKIT_PIPELINE_ID", "GITHUB_RUN_ID", "CI_PIPELINE_ID", "BUILD_TAG"):
+        env.pop(name, None)
+    settings = Settings.resolve({"home": home})
+    cores = os.cpu_count() or 1
+    results: dict[str, Any] = {"cores": cores, "rounds": args.rounds}
+    try:
+        timed_up("bench-warm", env)  # builds the template once, off the clock
+        downs(["bench-warm"], env)
+
+        one, many = [], []
+        for r in range(args.rounds):
+            one.append(timed_up(f"bench-one-{r}", env))
+            downs([f"bench-one-{r}"], env)
+            ids = [f"bench-par-{r}-{i}" for i in range(args.parallel)]
+            many.append(parallel_ups(ids, env))
+            downs(ids, env)
+        one_up = statistics.median(one)
+        par = statistics.median(many)
+        ideal = args.parallel / cores * one_up
+        results.update(
+            one_up_s=round(one_up, 4),
+            parallel_ups_s=round(par, 4),
+            parallel=args.parallel,
+            ideal_s=round(ideal, 4),
+            target_s=round(1.25 * ideal, 4),
+            parallel_vs_one=round(par / one_up, 2),
+            within_target=par <= 1.25 * ideal,
+            samples={"one_up_s": one, "parallel_ups_s": many},
+        )
+
+        # 50 real environments, expired: made in-process (the setup is not what is measured).
+        ids = [f"bench-reap-{i}" for i in range(args.reap)]
+
+        def make(pipeline_id: str) -> None:
+            ctx = lifecycle.Context.build(pipeline_id, settings)
+            lifecycle.up(ctx, ttl=timedelta(seconds=1))
+
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(make, ids))
+        time.sleep(2.1)
+        started = time.perf_counter()
+        done = envkit("reap", "--json", env=env)
+        reap_s = time.perf_counter() - started
+        report = json.loads(done.stdout)
+        left = {k: v for k, v in inventory(settings, ids).items() if v}
+        results.update(
+            reap_s=round(reap_s, 4),
+            reap_count=len(report["reaped"]),
+            reap_errors=len(report["errors"]),
+            reap_per_env_ms=round(1000 * reap_s / max(1, len(report["reaped"])), 1),
+            reap_leftovers=left,
+        )
+    finally:
+        for record in lifecycle.list_environments(settings):
+            try:
+                lifecycle.down(lifecycle.Context.build(record.pipeline_id, settings))
+            except Exception as exc:  # keep cleaning up the rest
+                print(f"cleanup of {record.pipeline_id} failed: {exc}", file=sys.stderr)
+        envkit("reap", env=env)
+        shutil.rmtree(home, ignore_errors=True)
+
+    results["rows"] = [
+        {"what": "one envkit up (CLI)", "value": results["one_up_s"], "unit": "s",
+         "anchor": "copy + postgres -D, tmpfs (ANCHORS.md)", "anchor_value": 0.072},
+        {"what": f"{args.parallel} parallel ups (CLI), wall", "value": results["parallel_ups_s"],
+         "unit": "s", "anchor": f"target 1.25 x {args.parallel}/{cores} x one up",
+         "anchor_value": results["target_s"]},
+        {"what": f"reap {results['reap_count']} expired environments", "value": results["reap_s"],
+         "unit": "s", "anchor": "one up (CLI)", "anchor_value": results["one_up_s"]},
+    ]
+    (HERE / "results-lifecycle.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    print(f"{'what':<44} {'value':>9}  anchor")
+    for row in results["rows"]:
+        print(f"{row['what']:<44} {row['value']:>8.3f}s  {row['anchor']}: "
+              f"{row['anchor_value']:.3f}s")
+    print(f"parallel/one = {results['parallel_vs_one']}x "
+          f"(ideal {args.parallel / cores:.1f}x, target ≤ {1.25 * args.parallel / cores:.2f}x): "
+          f"{'OK' if results['within_target'] else 'MISSED'}; "
+          f"reap {results['reap_per_env_ms']} ms/env, errors {results['reap_errors']}, "
+          f"leftovers {results['reap_leftovers'] or 'none'}")
+    return 0 if results["within_target"] and not results["reap_errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
