@@ -25,12 +25,14 @@ app = typer.Typer(
 )
 
 # Importing the command modules registers their commands on ``app``.
-from envkit.cli import core  # noqa: E402,F401
-from envkit.cli import doctor  # noqa: E402,F401
-from envkit.cli import seed  # noqa: E402,F401
-from envkit.cli import logs  # noqa: E402,F401
-from envkit.cli import health  # noqa: E402
-from envkit.cli import lifecycle  # noqa: E402,F401
+from envkit.cli import (  # noqa: E402,F401
+    core,
+    doctor,
+    health,
+    lifecycle,
+    logs,
+    seed,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
