@@ -17,7 +17,6 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from envkit.errors import ConfigError, EnvkitError, ProvisionError
-from envkit.health import HealthCheckFailedError, HealthReport, Probe, wait_until_healthy
 from envkit.naming import iso_utc, resolve_pipeline_id
 from envkit.outputs import complete
 from envkit.providers import Provider, ProvisionRequest, get_provider
@@ -26,6 +25,7 @@ from envkit.settings import Settings
 from envkit.state import BUSY_STATUSES, Record, StateStore, Status, utcnow
 
 if TYPE_CHECKING:
+    from envkit.health import HealthReport, Probe
     from envkit.spec import EnvSpec
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,8 @@ def wait_for(
     spec). With ``store``, the report (per-probe time to ready, attempts, last error) is
     appended to the event log as ``healthy`` or ``unhealthy``.
     """
+    from envkit.health import HealthCheckFailedError, wait_until_healthy  # ~16 ms: only here
+
     try:
         report = wait_until_healthy(
             [*provider.probes(record), *extra],

@@ -445,6 +445,29 @@ def _sql(conninfo: dict[str, Any], statements: list[str], psql: Path | None = No
             conn.execute(statement.encode())
 
 
+# sun_path holds 108 bytes; the socket file name ".s.PGSQL.NNNNN" and a NUL need 15 of them.
+MAX_SOCKET_DIR = 92
+
+
+def socket_dir(data_root: Path, key: str) -> Path:
+    """A directory for a server's unix socket: ``<data_root>/s/<key>`` when that is short enough
+    for a socket path, else a per-user directory in the system temp dir."""
+    preferred = data_root / "s" / key
+    if len(os.fsencode(preferred)) <= MAX_SOCKET_DIR:
+        return preferred
+    import tempfile
+
+    digest = hashlib.sha256(os.fsencode(preferred)).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"envkit-s-{os.geteuid()}" / digest
+
+
+def make_socket_dir(path: Path, run_as: RunAs) -> None:
+    """Create a socket directory: its parent traversable (0711), itself private to the server."""
+    path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
+    run_as.chown(path)
+
+
 class TemplateCache:
     """Pre-initialised data directories under ``root``, built once and copied per server."""
 
@@ -504,15 +527,15 @@ class TemplateCache:
                 os.rename(target, path)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
+                shutil.rmtree(self._scratch_socket(scratch), ignore_errors=True)
             log.info("built template %s in %.2fs", key, time.perf_counter() - started)
             return path
         finally:
             lock.release()
 
     def _scratch_server(self, datadir: Path, scratch: Path) -> PgServer:
-        sock = scratch / "s"
-        sock.mkdir(mode=0o700, exist_ok=True)
-        self.run_as.chown(sock)
+        sock = self._scratch_socket(scratch)
+        make_socket_dir(sock, self.run_as)
         return PgServer(
             self.install,
             datadir,
@@ -522,6 +545,11 @@ class TemplateCache:
             host=None,
             port=5432,
             marker="envkit-template-build",
+        )
+
+    def _scratch_socket(self, scratch: Path) -> Path:
+        return socket_dir(
+            self.root.parent, "b" + hashlib.sha256(os.fsencode(scratch)).hexdigest()[:11]
         )
 
     def _build_base(self, target: Path, scratch: Path) -> None:

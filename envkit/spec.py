@@ -104,7 +104,7 @@ class ServiceSpec:
     health: HealthCheck = HealthCheck("running")
     depends_on: tuple[str, ...] = ()
     stop_grace: float = DEFAULT_GRACE
-    run_as: str = "server-user"
+    run_as: str = "invoker"
 
     @property
     def key(self) -> str:
@@ -480,7 +480,7 @@ class _Parser:
         grace = data.get("stop_grace", DEFAULT_GRACE)
         if isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 <= grace <= 300:
             raise self.error(f"{path}.stop_grace", f"must be 0-300 seconds, got {grace!r}.")
-        run_as = data.get("run_as", "server-user")
+        run_as = data.get("run_as", "invoker")
         if run_as not in RUN_AS:
             raise self.error(
                 f"{path}.run_as", f"must be one of {', '.join(RUN_AS)}, got {run_as!r}."

@@ -9,8 +9,10 @@ under the pipeline's env dir, so :func:`stop_services` finds it even when no rec
 exists (``up`` killed between spawning and saving). Its pid and process group are recorded before
 and after the spawn (write-ahead) for the same reason.
 
-When envkit runs as root, services run as the unprivileged user PostgreSQL runs as (a service may
-opt out with ``run_as = "invoker"``). Service environments hold secrets: they are never logged.
+Services run as the user who runs envkit (``run_as = "invoker"``, the default): they are the
+project's own code and need its interpreter, virtualenv and checkout, which a root CI job keeps in
+0700 places. ``run_as = "server-user"`` runs one as PostgreSQL's unprivileged user instead.
+Service environments hold secrets: they are never logged.
 """
 
 from __future__ import annotations

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from envkit import lifecycle
 from envkit.cli import app
 from envkit.cli.render import console, error_console, print_json, settings
-from envkit.health import HealthCheckFailedError, HealthReport
+
+if TYPE_CHECKING:
+    from envkit.health import HealthCheckFailedError, HealthReport
 
 
 def report_table(report: HealthReport, *, only_failing: bool = False) -> object:
@@ -53,6 +55,8 @@ def wait(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Re-check that every component of an existing environment is healthy (exit 1 if not)."""
+    from envkit.health import HealthCheckFailedError
+
     ctx = lifecycle.Context.build(pipeline_id, settings(health_timeout=timeout))
     try:
         report = lifecycle.recheck(ctx)

@@ -6,20 +6,26 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from envkit.settings import Settings
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
+
+# rich is imported when something is printed with it (~17 ms): `--format json` never pays.
 @cache
 def console() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False, soft_wrap=True)
 
 
 @cache
 def error_console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 

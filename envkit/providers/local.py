@@ -35,8 +35,10 @@ from envkit.pgserver import (
     configure_app,
     find_install,
     kill_group,
+    make_socket_dir,
     postmaster_pid,
     psql_path,
+    socket_dir,
     stop_server,
     wait_gone,
 )
@@ -108,7 +110,7 @@ class Layout:
 
     def socket_dir(self, pipeline_id: str) -> Path:
         # Unix socket paths are limited to ~107 bytes: keep this one short whatever the root.
-        return self.data_root / "s" / short_hash(f"{self.home_key}/{pipeline_id}", 12)
+        return socket_dir(self.data_root, short_hash(f"{self.home_key}/{pipeline_id}", 12))
 
     def owner_key(self, pipeline_id: str) -> str:
         """What address reservations are keyed by: unique per (home, pipeline)."""
@@ -177,9 +179,7 @@ class LocalProvider:
         env_dir = layout.env_dir(pipeline_id)
         env_dir.mkdir(mode=0o711, parents=True)
         layout.logs(pipeline_id).mkdir(mode=0o700)
-        sock = layout.socket_dir(pipeline_id)
-        sock.mkdir(mode=0o700, parents=True, exist_ok=True)
-        run_as.chown(sock)
+        make_socket_dir(layout.socket_dir(pipeline_id), run_as)
         request.record.resources["spare"] = checkout(template, layout.pgdata(pipeline_id))
         server = self._start(install, run_as, pipeline_id, address.host, address.dedicated)
         request.record.resources.update({"port": server.port, "pid": server.pid})
