@@ -68,8 +68,12 @@ def up(
     dataset: str | None = None,
     progress: Progress = _quiet,
     keep_on_failure: bool = False,
+    seed: bool = True,
 ) -> Record:
-    """Bring the environment to ``ready`` and return its record (with secret outputs)."""
+    """Bring the environment to ``ready`` and return its record (with secret outputs).
+
+    ``dataset`` defaults to the spec's; ``seed=False`` loads none at all (``--no-seed``).
+    """
     store, pipeline_id = ctx.store, ctx.pipeline_id
     provider = get_provider(ctx.settings.provider, ctx.settings)
     lifetime = ttl or ctx.settings.ttl
@@ -79,6 +83,8 @@ def up(
         spec.check_provider(provider.name)
         if dataset is None:
             dataset = spec.dataset
+    if not seed:
+        dataset = None
     if dataset is not None:  # an unknown dataset is exit 2 with nothing created
         from envkit.datasets import load as load_dataset_definition
 

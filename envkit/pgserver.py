@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from envkit.errors import PrerequisiteError, ProvisionError, TeardownError
-from envkit.locking import FileLock
+from envkit.locking import FileLock, is_locked
 from envkit.osuser import RunAs
 
 log = logging.getLogger(__name__)
@@ -652,11 +652,18 @@ def checkout(template: Path, datadir: Path) -> bool:
             os.rename(spares / name, datadir)
         except (FileNotFoundError, OSError):
             continue
-        claimed = True
-        break
+        if all(
+            (datadir / f).is_file() for f in ("PG_VERSION", "postgresql.conf", "global/pg_control")
+        ):
+            claimed = True
+            break
+        # Not a whole copy (someone tampered with the spares): never start from it.
+        log.warning("discarding an incomplete spare data directory %s", name)
+        shutil.rmtree(datadir, ignore_errors=True)
     if not claimed:
         _copy_tree(template, datadir)
-    refill_spares(template)
+    if not is_locked(spares / ".refill.lock"):  # a refill already running tops up for us too
+        refill_spares(template)
     return claimed
 
 

@@ -90,7 +90,7 @@ def up(
     with progress(
         f"Bringing up {ctx.pipeline_id}", enabled=output_format is OutputFormat.text
     ) as step:
-        record = lifecycle.up(ctx, ttl=lifetime, dataset=chosen, progress=step)
+        record = lifecycle.up(ctx, ttl=lifetime, dataset=chosen, progress=step, seed=not no_seed)
     if env_file is not None:
         write_env_file(record.outputs, env_file)
     show_record(record, output_format, show_secrets)
