@@ -172,11 +172,17 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # servers this process spawn
 
 
 def _alive(pid: int) -> bool:
-    child = _CHILDREN.get(pid)
+    return process_alive(pid, _CHILDREN)
+
+
+def process_alive(pid: int, children: dict[int, subprocess.Popen[bytes]]) -> bool:
+    """Whether ``pid`` runs (zombies count as dead); ``children`` are processes this process
+    spawned, which are reaped here so they do not linger as zombies."""
+    child = children.get(pid)
     if child is not None:
         if child.poll() is None:
             return True
-        _CHILDREN.pop(pid, None)
+        children.pop(pid, None)
         return False
     try:
         os.kill(pid, 0)

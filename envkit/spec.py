@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envkit.errors import ConfigError
+from envkit.outputs import CONTRACT_KEYS
 
 if TYPE_CHECKING:
     from envkit.settings import Settings
@@ -60,18 +61,7 @@ _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Z][A-Z0-9_]*)\}")
 RESERVED_SERVICE_NAMES = frozenset({"postgres", "database", "envkit"})
 # Placeholders every service may use besides the outputs.
 SERVICE_VARIABLES = ("HOST", "PORT", "PROJECT_DIR", "PYTHON", "SERVICE_NAME")
-OUTPUT_KEYS = (
-    "DATABASE_URL",
-    "DATABASE_HOST",
-    "DATABASE_PORT",
-    "DATABASE_NAME",
-    "DATABASE_USER",
-    "DATABASE_PASSWORD",
-    "ENVKIT_PIPELINE_ID",
-    "ENVKIT_PROVIDER",
-    "NETWORK_ID",
-    "CLUSTER_NAME",
-)
+OUTPUT_KEYS = CONTRACT_KEYS
 RUN_AS = ("server-user", "invoker")
 
 

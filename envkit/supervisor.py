@@ -33,6 +33,7 @@ from envkit.errors import ConfigError, ProvisionError
 from envkit.health import CommandProbe, HttpProbe, Probe, TcpProbe, TransientError
 from envkit.loopback import bind_error, free_port
 from envkit.osuser import RunAs
+from envkit.pgserver import process_alive
 from envkit.redact import scrub, secret_values
 from envkit.spec import EnvSpec, HealthCheck, ServiceSpec, render
 
@@ -161,20 +162,7 @@ def service_env(
 
 
 def _pid_alive(pid: int) -> bool:
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        if child.poll() is None:
-            return True
-        _CHILDREN.pop(pid, None)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = _stat(pid)
-    return stat is not None and stat[0] != "Z"
+    return process_alive(pid, _CHILDREN)
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -51,11 +51,9 @@ def _provider(config: StackConfig) -> aws.Provider:
     )
 
 
-def build_base(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
-    """The long-lived base stack of shared-base mode: only the network."""
-    pulumi.runtime.register_stack_transformation(tag_transformation(config.tags()))
-    opts = pulumi.ResourceOptions(providers=[_provider(config)])
-    network = Network(
+def _network(config: StackConfig, opts: pulumi.ResourceOptions) -> Network:
+    """The pipeline's (or the shared base's) own VPC, subnets and security group."""
+    return Network(
         "network",
         NetworkArgs(
             config.pipeline_id,
@@ -66,6 +64,13 @@ def build_base(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
         ),
         opts,
     )
+
+
+def build_base(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
+    """The long-lived base stack of shared-base mode: only the network."""
+    pulumi.runtime.register_stack_transformation(tag_transformation(config.tags()))
+    opts = pulumi.ResourceOptions(providers=[_provider(config)])
+    network = _network(config, opts)
     outputs: dict[str, pulumi.Output[Any]] = {
         "vpc_id": network.vpc_id,
         "vpc_cidr": network.vpc_cidr,
@@ -88,17 +93,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
     if config.base_stack:
         network = NetworkRef.from_stack(config.base_stack)
     else:
-        network = Network(
-            "network",
-            NetworkArgs(
-                config.pipeline_id,
-                cidr=config.vpc_cidr,
-                availability_zones=config.availability_zones,
-                public=config.public,
-                ci_cidr=config.ci_cidr,
-            ),
-            opts,
-        )
+        network = _network(config, opts)
     subnets = network.public_subnet_ids if config.public else network.private_subnet_ids
     groups = network.security_group_id.apply(lambda g: [g])
     database = Database(
