@@ -9,13 +9,15 @@ previews and to the Pulumi mocks, and immune to a resource type ignoring default
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
 from .cluster import Cluster, ClusterArgs
-from .config import ROLE_BASE, StackConfig
+from .config import ROLE_BASE, ServiceArgs, StackConfig
 from .database import Database, DatabaseArgs
 from .network import Network, NetworkArgs, NetworkRef
 
@@ -66,6 +68,25 @@ def _network(config: StackConfig, opts: pulumi.ResourceOptions) -> Network:
     )
 
 
+_PLACEHOLDER = re.compile(r"\{([A-Z][A-Z0-9_]*)\}")
+
+
+def _with_outputs(service: ServiceArgs, values: dict[str, pulumi.Output[Any]]) -> ServiceArgs:
+    """``service`` with ``{DATABASE_URL}``-style placeholders in its env filled from stack
+    outputs once they resolve (unknown placeholders stay as written)."""
+
+    def fill(template: Any) -> Any:
+        if not isinstance(template, str) or not _PLACEHOLDER.search(template):
+            return template
+        return pulumi.Output.all(**values).apply(
+            lambda resolved: _PLACEHOLDER.sub(
+                lambda m: str(resolved.get(m.group(1), m.group(0))), template
+            )
+        )
+
+    return dataclasses.replace(service, env={k: fill(v) for k, v in service.env.items()})
+
+
 def build_base(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
     """The long-lived base stack of shared-base mode: only the network."""
     pulumi.runtime.register_stack_transformation(tag_transformation(config.tags()))
@@ -110,6 +131,14 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
         ),
         opts,
     )
+    database_outputs = {
+        "DATABASE_URL": database.url,
+        "DATABASE_HOST": database.address,
+        "DATABASE_PORT": database.port.apply(str),
+        "DATABASE_NAME": database.name,
+        "DATABASE_USER": database.username,
+        "DATABASE_PASSWORD": database.password,
+    }
     cluster = Cluster(
         "cluster",
         ClusterArgs(
@@ -118,19 +147,14 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
             vpc_id=network.vpc_id,
             subnet_ids=subnets,
             security_group_ids=groups,
-            services=config.services,
+            services=tuple(_with_outputs(s, database_outputs) for s in config.services),
             assign_public_ip=config.public,
             spot=config.spot,
         ),
         opts,
     )
     outputs: dict[str, pulumi.Output[Any]] = {
-        "DATABASE_URL": database.url,
-        "DATABASE_HOST": database.address,
-        "DATABASE_PORT": database.port.apply(str),
-        "DATABASE_NAME": database.name,
-        "DATABASE_USER": database.username,
-        "DATABASE_PASSWORD": database.password,
+        **database_outputs,
         "ENVKIT_PIPELINE_ID": pulumi.Output.from_input(config.pipeline_id),
         "ENVKIT_PROVIDER": pulumi.Output.from_input("aws"),
         "NETWORK_ID": network.vpc_id,

@@ -536,8 +536,18 @@ class AwsProvider:
         """Pulumi CLI (and version) and a secrets provider, before anything is created."""
         self.automation()
 
+    @staticmethod
+    def _services(request: ProvisionRequest) -> tuple[Any, ...]:
+        """The spec's services as ECS ``ServiceArgs`` (env placeholders rendered in the stack)."""
+        if request.spec is None or not request.spec.services:
+            return ()
+        from envkit._stacks.config import ServiceArgs  # type: ignore[import-not-found]
+        from envkit.spec import aws_services
+
+        return tuple(ServiceArgs(**args) for args in aws_services(request.spec))
+
     def provision(self, request: ProvisionRequest) -> dict[str, str]:
-        from envkit._stacks.config import StackConfig  # type: ignore[import-not-found]
+        from envkit._stacks.config import StackConfig
         from envkit.naming import aws_name
 
         pipeline_id = request.pipeline_id
@@ -549,6 +559,7 @@ class AwsProvider:
             owner=record.owner,
             region=self.region,
             base_stack=self.settings.pulumi_base_stack,
+            services=self._services(request),
         )
         record.resources.update(
             {

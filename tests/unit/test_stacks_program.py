@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import random
 import string
 from datetime import UTC, datetime
@@ -304,3 +305,22 @@ def test_names_are_valid_aws_names_for_200_random_pipeline_ids() -> None:
             assert len(value) <= 256
     for res in mocks.of_type("aws:servicediscovery/privateDnsNamespace:PrivateDnsNamespace"):
         assert all(0 < len(label) <= 63 for label in res.inputs["name"].split("."))
+
+
+def test_service_env_placeholders_are_filled_from_stack_outputs() -> None:
+    from envkit._stacks.config import ServiceArgs
+
+    api = ServiceArgs("api", "public.ecr.aws/nginx/nginx:1.27", 8080,
+                      env={"DB": "{DATABASE_URL}", "HOSTNAME": "{DATABASE_HOST}",
+                           "KEEP": "{NOT_AN_OUTPUT}", "PLAIN": "x"})
+    mocks, _, _ = run(config(services=(api,)))
+    (task,) = mocks.of_type("aws:ecs/taskDefinition:TaskDefinition")
+    definitions = task.inputs["containerDefinitions"]
+    # The URL carries the database password, so the whole definition is a secret: the mock
+    # engine hands it over wrapped as {<secret sig>: ..., "value": ...}.
+    assert isinstance(definitions, dict)
+    definitions = definitions["value"]
+    env = {e["name"]: e["value"] for e in json.loads(definitions)[0]["environment"]}
+    assert env["DB"].startswith("postgresql://") and "{" not in env["DB"]
+    assert env["HOSTNAME"].endswith(".rds.amazonaws.com")
+    assert env["KEEP"] == "{NOT_AN_OUTPUT}" and env["PLAIN"] == "x"
