@@ -74,3 +74,10 @@ def envkit_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_env: None
 def settings(envkit_home: Path) -> Settings:
     """Settings for the private home."""
     return Settings.resolve({"home": envkit_home})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """envkit's own suite leaves nothing running, even when a test fails: the dogfood session
+    environment is destroyed, not preserved (an explicit command-line flag still wins)."""
+    if getattr(config.option, "envkit_preserve_on_failure", "absent") is None:
+        config.option.envkit_preserve_on_failure = False
