@@ -33,6 +33,7 @@ from typing import Any
 from envkit.errors import EnvkitError
 from envkit.locking import FileLock
 from envkit.naming import parse_iso
+from envkit.pgserver import process_alive
 from envkit.providers import Provider, get_provider
 from envkit.settings import Settings
 from envkit.state import BUSY_STATUSES, Record, StateStore, Status, utcnow
@@ -169,9 +170,28 @@ class Reaper:
         return self.report
 
     # -- environments with a record -----------------------------------------------------------
+    def _owner_died(self, pipeline_id: str, lock: FileLock) -> bool:
+        """Take the lock of a busy record whose owner is dead, waiting up to 2 s for it.
+
+        A process killed while forking a child (cp, postgres, psql) leaves that child holding
+        the lock's open file description until it execs (the fd is close-on-exec): an instant,
+        longer on a loaded machine. Waiting that out beats keeping a dead environment.
+        """
+        record = self.store.load(pipeline_id)
+        if record is None or record.status not in BUSY_STATUSES or not record.owner_pid:
+            return False
+        if process_alive(record.owner_pid, {}):
+            return False
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+            if lock.try_acquire():
+                return True
+        return False
+
     def _recorded(self, pipeline_id: str) -> tuple[str, dict[str, Any] | None]:
         lock = self.store.lock(pipeline_id)
-        got = lock.try_acquire()
+        got = lock.try_acquire() or self._owner_died(pipeline_id, lock)
         try:
             record = self.store.load(pipeline_id)
             if record is None:  # destroyed by someone else since we listed it

@@ -161,7 +161,12 @@ def test_sigkill_during_up_leaves_nothing_reap_or_down_cannot_clean(
         else:
             lifecycle.down(lifecycle.Context.build(pipeline_id, settings))
         left = leftovers(settings)
-        assert left == {}, f"kill {i} after {delay:.3f}s ({'reap' if use_reap else 'down'})"
+        after = StateStore(settings.home).load(pipeline_id)
+        assert left == {}, (
+            f"kill {i} after {delay:.3f}s ({'reap' if use_reap else 'down'}); record before "
+            f"cleanup: {record and (record.status, record.error)}; after: "
+            f"{after and (after.status, after.error)}"
+        )
 
     print(f"crash injection: {KILLS} kills, record at {t_record:.2f}s, ready at {t_ready:.2f}s: "
           f"{outcomes}; phases {dict(phases)}")
