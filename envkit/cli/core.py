@@ -40,6 +40,12 @@ PipelineArg = Annotated[
 ProviderOpt = Annotated[
     str | None, typer.Option("--provider", help="local (default) or aws.", show_default=False)
 ]
+DatasetOpt = Annotated[
+    str | None, typer.Option(help="Dataset to load (seeds/).", show_default="default")
+]
+ScaleOpt = Annotated[
+    float | None, typer.Option(help="Multiply the dataset's row counts.", show_default="1")
+]
 ShowSecretsOpt = Annotated[
     bool, typer.Option("--show-secrets", help="Print passwords and URLs with passwords in clear.")
 ]
@@ -62,12 +68,8 @@ def _ttl(value: str | None, what: str = "TTL"):  # type: ignore[no-untyped-def]
 def up(
     pipeline_id: PipelineArg = None,
     provider: ProviderOpt = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="Dataset to load (seeds/).", show_default="default")
-    ] = None,
-    scale: Annotated[
-        float | None, typer.Option(help="Multiply the dataset's row counts.", show_default="1")
-    ] = None,
+    dataset: DatasetOpt = None,
+    scale: ScaleOpt = None,
     no_seed: Annotated[bool, typer.Option("--no-seed", help="Load no dataset.")] = False,
     ttl: Annotated[
         str | None, typer.Option(help="Time to live, e.g. 90s, 30m, 4h, 2d.", show_default="4h")

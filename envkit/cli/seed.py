@@ -8,18 +8,15 @@ from typing import Annotated
 import typer
 
 from envkit.cli import app
+from envkit.cli.core import DatasetOpt, ScaleOpt
 from envkit.cli.render import console, print_json, progress, settings
 
 
 @app.command()
 def seed(
     pipeline_id: Annotated[str, typer.Argument(help="Pipeline ID of a ready environment.")],
-    dataset: Annotated[
-        str | None, typer.Option(help="Dataset to load (seeds/).", show_default="default")
-    ] = None,
-    scale: Annotated[
-        float | None, typer.Option(help="Multiply the dataset's row counts.", show_default="1")
-    ] = None,
+    dataset: DatasetOpt = None,
+    scale: ScaleOpt = None,
     source: Annotated[
         str | None,
         typer.Option(
