@@ -10,6 +10,7 @@ application role and its database, so a new server needs only renames and a pass
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import hashlib
 import json
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from envkit.errors import PrerequisiteError, ProvisionError, TeardownError
-from envkit.locking import FileLock, is_locked
+from envkit.locking import FileLock
 from envkit.osuser import RunAs
 
 log = logging.getLogger(__name__)
@@ -378,9 +379,9 @@ class PgServer:
 
 
 def _copy_tree(source: Path, target: Path) -> None:
-    """Copy a data directory keeping owner and modes (``cp -a`` is ~30% faster than copytree)."""
+    """Copy a data directory keeping owner and modes (``cp`` is ~30 % faster than copytree)."""
     result = subprocess.run(
-        ["cp", "-a", str(source), str(target)], capture_output=True, text=True, check=False
+        [*COPY_COMMAND, str(source), str(target)], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise ProvisionError(f"Copying {source} to {target} failed: {result.stderr.strip()}")
@@ -613,25 +614,28 @@ class TemplateCache:
 
 SPARES = 2  # pre-copied data directories kept ready per template (~35 MB each, in RAM)
 
-_REFILL = """
-import fcntl, os, shutil, subprocess, sys
-template, spares, want = sys.argv[1], sys.argv[2], int(sys.argv[3])
-os.makedirs(spares, mode=0o700, exist_ok=True)
-lock = os.open(os.path.join(spares, '.refill.lock'), os.O_RDWR | os.O_CREAT, 0o600)
-try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-except OSError:
-    sys.exit(0)  # another refill is running
-for name in os.listdir(spares):
-    if name.startswith('.tmp-'):
-        shutil.rmtree(os.path.join(spares, name), ignore_errors=True)
-ready = [n for n in os.listdir(spares) if not n.startswith('.')]
-for i in range(max(0, want - len(ready))):
-    tmp = os.path.join(spares, '.tmp-%d-%d' % (os.getpid(), i))
-    if subprocess.run(['cp', '-a', template, tmp]).returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        break
-    os.rename(tmp, os.path.join(spares, 'spare-%d-%d' % (os.getpid(), i)))
+COPY_COMMAND = ("cp", "-R", "-P", "--preserve=mode,ownership")
+"""How a data directory is copied: owner and modes kept, no timestamps or xattrs (PostgreSQL
+needs neither; skipping them is ~20 % fewer system calls than ``cp -a``)."""
+
+
+# Runs detached and niced, holding the refill lock through a descriptor inherited from the
+# caller, which took it. A shell costs ~1 ms of CPU to start where a Python interpreter costs
+# ~70 ms, which eight parallel ups on two cores feel. Spare names are unique per (caller pid,
+# nonce), so a reused pid never meets an old spare.
+_REFILL = rf"""
+cd "$1" || exit 0
+rm -rf .tmp-*
+ready=0
+for name in *; do [ -e "$name" ] && ready=$((ready + 1)); done
+i=0
+while [ "$ready" -lt "$3" ]; do
+  tmp=".tmp-$4-$i"
+  if ! {" ".join(COPY_COMMAND)} "$2" "$tmp"; then rm -rf "$tmp"; exit 1; fi
+  mv -T "$tmp" "spare-$4-$i" || {{ rm -rf "$tmp"; exit 1; }}
+  ready=$((ready + 1))
+  i=$((i + 1))
+done
 """
 
 

@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,12 +116,6 @@ class Layout:
         return f"{self.home_key}/{pipeline_id}"
 
 
-def _prewarm_imports() -> None:
-    # tenacity (~0.02 s) is needed once the server is up: import it on the other core while
-    # postgres starts in its own process.
-    import tenacity  # noqa: F401
-
-
 class LocalProvider:
     """Components on this machine: loopback network, PostgreSQL servers, service processes."""
 
@@ -149,8 +142,6 @@ class LocalProvider:
     # -- provision ----------------------------------------------------------------------------
     def provision(self, request: ProvisionRequest) -> dict[str, str]:
         pipeline_id = request.pipeline_id
-        warm = threading.Thread(target=_prewarm_imports, daemon=True)
-        warm.start()
         install = self.install()  # exit 2 before anything is created when binaries are missing
         run_as = self.run_as()
         layout = self.layout
@@ -187,7 +178,6 @@ class LocalProvider:
 
         password = secrets.token_urlsafe(24)
         role = sql_identifier(pipeline_id)
-        warm.join()
         try:
             configure_app(server, role=role, database=role, password=password)
         except Exception as exc:

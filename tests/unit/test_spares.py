@@ -1,0 +1,114 @@
+"""Spare data-directory copies: claimed by rename, topped up by a detached shell holding a lock.
+
+The "template" here is a small directory with the files a checkout verifies; ``cp`` and the
+refill shell do not care what is in it, so no PostgreSQL is needed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from envkit.pgserver import SPARES, checkout, refill_spares, spares_dir
+
+
+@pytest.fixture()
+def template(tmp_path: Path) -> Path:
+    root = tmp_path / "templates" / "pg-test"
+    (root / "global").mkdir(parents=True)
+    (root / "base" / "1").mkdir(parents=True)
+    (root / "PG_VERSION").write_text("15\n")
+    (root / "postgresql.conf").write_text("# test\n")
+    (root / "global" / "pg_control").write_bytes(b"\0" * 64)
+    (root / "base" / "1" / "1259").write_bytes(os.urandom(8192))
+    (root / "base" / "1" / "1259").chmod(0o600)
+    return root
+
+
+def ready(template: Path) -> list[str]:
+    return sorted(n for n in os.listdir(spares_dir(template)) if not n.startswith("."))
+
+
+def wait_for_refill(template: Path, timeout: float = 10.0) -> None:
+    """Until no refill holds the lock (the shell exits when it has topped up)."""
+    deadline = time.monotonic() + timeout
+    lock = os.open(spares_dir(template) / ".refill.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("the refill never finished") from None
+                time.sleep(0.01)
+    finally:
+        os.close(lock)
+
+
+def test_refill_tops_up_to_the_wanted_count_with_whole_copies(template: Path) -> None:
+    assert refill_spares(template) is True
+    wait_for_refill(template)
+    names = ready(template)
+    assert len(names) == SPARES
+    for name in names:
+        copy = spares_dir(template) / name
+        assert (copy / "base" / "1" / "1259").read_bytes() == (
+            template / "base" / "1" / "1259"
+        ).read_bytes()
+        assert (copy / "base" / "1" / "1259").stat().st_mode & 0o777 == 0o600
+    # Already full: a second refill copies nothing.
+    assert refill_spares(template) is True
+    wait_for_refill(template)
+    assert ready(template) == names
+
+
+def test_a_refill_already_running_is_not_doubled(template: Path) -> None:
+    spares = spares_dir(template)
+    spares.mkdir(parents=True)
+    holder = os.open(spares / ".refill.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert refill_spares(template) is False
+        assert ready(template) == []
+    finally:
+        os.close(holder)
+
+
+def test_half_done_copies_are_cleared_and_checkout_claims_a_spare(
+    template: Path, tmp_path: Path
+) -> None:
+    spares = spares_dir(template)
+    (spares / ".tmp-999-0" / "base").mkdir(parents=True)  # a refill killed mid-copy
+    refill_spares(template)
+    wait_for_refill(template)
+    assert not (spares / ".tmp-999-0").exists()
+    first = ready(template)
+
+    target = tmp_path / "env" / "pgdata"
+    target.parent.mkdir()
+    assert checkout(template, target) is True
+    assert (target / "global" / "pg_control").is_file()
+    wait_for_refill(template)
+    after = ready(template)
+    assert len(after) == SPARES
+    assert set(first) - set(after)  # the claimed one is gone, a new one took its place
+
+
+def test_checkout_copies_the_template_when_no_spare_is_ready(
+    template: Path, tmp_path: Path
+) -> None:
+    spares = spares_dir(template)
+    spares.mkdir(parents=True)
+    holder = os.open(spares / ".refill.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # no refill can run: nothing will be ready
+        target = tmp_path / "pgdata"
+        assert checkout(template, target) is False
+        assert (target / "PG_VERSION").read_text() == "15\n"
+    finally:
+        os.close(holder)
