@@ -8,14 +8,16 @@ and per-column generators, masking rules), the schema (bare tables) and the cons
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import importlib.metadata
 import importlib.resources
 import importlib.util
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
+from pathlib import Path
 from typing import Any
 
 from envkit.errors import ConfigError
@@ -118,10 +120,29 @@ class Dataset:
 
 
 def faker_version() -> str:
-    """The installed Faker's version, read from its metadata (without importing Faker)."""
+    """The installed Faker's version, read from its metadata (without importing Faker).
+
+    First from the name of the one ``faker-<version>.dist-info`` beside the package (a
+    ``listdir``), because ``importlib.metadata`` costs ~7 ms of imports and a scan of every
+    distribution on ``sys.path``, on every ``envkit up``; that is the fallback.
+    """
+    spec = importlib.util.find_spec("faker")
+    if spec is None or spec.origin is None:
+        return "none"
+    site = Path(spec.origin).parent.parent
+    with contextlib.suppress(OSError):
+        found = [
+            name[len("faker-") : -len(".dist-info")]
+            for name in os.listdir(site)
+            if name.lower().startswith("faker-") and name.endswith(".dist-info")
+        ]
+        if len(found) == 1:
+            return found[0]
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        return importlib.metadata.version("faker")
-    except importlib.metadata.PackageNotFoundError:
+        return version("faker")
+    except PackageNotFoundError:
         return "none"
 
 
