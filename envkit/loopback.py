@@ -1,9 +1,12 @@
 """Per-pipeline loopback addresses, so every pipeline's services keep their standard ports.
 
 Linux routes all of 127.0.0.0/8 to ``lo``; envkit gives each pipeline an address derived from its
-ID (127.A.B.C with A >= 1, so 127.0.0.1 and 127.0.1.1 are never used) and reserves it with an
-``O_EXCL`` file, so two pipelines never share one. Where such an address cannot be bound (other
-systems route only 127.0.0.1), it falls back to 127.0.0.1 and a free port.
+ID (127.A.B.C with A >= 1, so 127.0.0.1 and 127.0.1.1 are never used) and reserves it with a
+file named after it, so two pipelines never share one. The file is created whole: the owner is
+written to a temporary file that is then hard-linked to the address's name (``link`` fails when the
+name is taken), so a process killed at any moment never leaves an empty reservation. Where such an
+address cannot be bound (other systems route only 127.0.0.1), it falls back to 127.0.0.1 and a free
+port.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import secrets
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +23,9 @@ from pathlib import Path
 from envkit.errors import ProvisionError
 
 FALLBACK_HOST = "127.0.0.1"
+TEMP_PREFIX = ".tmp-"  # a reservation being written; never an address (those start with a digit)
+# Where hard links are not supported, a reservation falls back to O_EXCL-then-write.
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
 
 @dataclass(frozen=True)
@@ -67,14 +74,10 @@ class AddressBook:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         for host in candidates(pipeline_id):
             path = self._path(host)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
+            if not self._claim(path, owner):
                 if self.owner_of(host) == owner:
                     return Address(host, dedicated=True)
                 continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(owner)
             error = bind_error(host, probe_port)
             if error == errno.EADDRNOTAVAIL:
                 path.unlink(missing_ok=True)
@@ -84,6 +87,39 @@ class AddressBook:
             "No free loopback address was found after 64 candidates.",
             hint="Run 'envkit reap' to release addresses of dead environments.",
         )
+
+    def _claim(self, path: Path, owner: str) -> bool:
+        """Create the reservation ``path`` holding ``owner``, whole or not at all; whether it was
+        free. The temporary file is unlinked whatever happens; one left by a process killed in
+        between is swept by ``envkit reap``."""
+        tmp = self.folder / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(owner)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno not in _NO_LINKS:
+                    raise
+                return self._claim_unlinked(path, owner)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _claim_unlinked(path: Path, owner: str) -> bool:
+        # No hard links on this file system: create exclusively, then write (a kill in between
+        # leaves an empty file, which reap removes after a grace period).
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(owner)
+        return True
 
     def owner_of(self, host: str) -> str | None:
         try:
@@ -97,17 +133,32 @@ class AddressBook:
             self._path(host).unlink(missing_ok=True)
 
     def held_by(self, owner: str) -> list[str]:
-        if not self.folder.is_dir():
-            return []
-        return [p.name for p in self.folder.iterdir() if self.owner_of(p.name) == owner]
+        """Hosts reserved by ``owner``."""
+        return [h for h in self._hosts() if self.owner_of(h) == owner]
 
     def owners(self) -> dict[str, str]:
         """host -> owner of every reservation."""
+        found = {}
+        for host in self._hosts():
+            owner = self.owner_of(host)
+            if owner is not None:
+                found[host] = owner
+        return found
+
+    def _hosts(self) -> list[str]:
+        """Names of the reservations (temporary files being written are not ones)."""
+        if not self.folder.is_dir():
+            return []
+        return [p.name for p in self.folder.iterdir() if not p.name.startswith(".")]
+
+    def unfinished(self) -> dict[Path, int | None]:
+        """Temporary files of reservations being written (or left by writers killed meanwhile),
+        each with the pid of its writer (``None`` when the name does not say)."""
         if not self.folder.is_dir():
             return {}
-        found = {}
+        found: dict[Path, int | None] = {}
         for path in self.folder.iterdir():
-            owner = self.owner_of(path.name)
-            if owner is not None:
-                found[path.name] = owner
+            if path.name.startswith(TEMP_PREFIX):
+                pid = path.name[len(TEMP_PREFIX) :].split("-", 1)[0]
+                found[path] = int(pid) if pid.isdigit() else None
         return found

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 from pathlib import Path
+
+import pytest
 
 from envkit.loopback import AddressBook, candidates
 
@@ -27,3 +31,52 @@ def test_reservations_are_exclusive_and_reusable(tmp_path: Path) -> None:
     book.release("h/a")
     assert book.held_by("h/a") == []
     assert book.held_by("h/b") == [b.host]
+
+
+def test_a_reservation_is_never_seen_empty_and_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    book = AddressBook(tmp_path / "addr")
+    seen: list[str] = []
+    real_link = os.link
+
+    def watching_link(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        # Just before the reservation appears, its owner is already in the file being linked.
+        seen.append(Path(src).read_text())
+        assert not Path(dst).exists() or Path(dst).read_text()
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", watching_link)
+    a = book.reserve("h/a", "pr-1")
+    book.reserve("h/b", "pr-1")  # a taken name: link fails, the next candidate is used
+    assert seen[0] == "h/a" and "h/b" in seen
+    assert (book.folder / a.host).read_text() == "h/a"
+    assert book.unfinished() == {}
+    assert all(not p.name.startswith(".") for p in book.folder.iterdir())
+
+
+def test_temporary_files_are_not_reservations(tmp_path: Path) -> None:
+    book = AddressBook(tmp_path / "addr")
+    book.folder.mkdir()
+    (book.folder / ".tmp-123-abcd").write_text("h/killed")
+    assert book.owners() == {}
+    assert book.held_by("h/killed") == []
+    assert book.unfinished() == {book.folder / ".tmp-123-abcd": 123}
+    a = book.reserve("h/a", "pr-1")
+    assert book.owners() == {a.host: "h/a"}
+
+
+def test_without_hard_links_a_reservation_falls_back_to_exclusive_create(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(src: str, dst: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    book = AddressBook(tmp_path / "addr")
+    monkeypatch.setattr(os, "link", no_links)
+    a = book.reserve("h/a", "pr-1")
+    assert book.reserve("h/a", "pr-1") == a
+    b = book.reserve("h/b", "pr-1")
+    assert a.host != b.host
+    assert book.owners() == {a.host: "h/a", b.host: "h/b"}
+    assert book.unfinished() == {}
