@@ -8,7 +8,13 @@ What it reaps (for one ``ENVKIT_HOME``):
 - for the local provider, leftovers with no state record, found by envkit's own markers: a
   directory under this home's ``Layout.envs_root``, a process whose command line names such a
   directory, or a loopback address reserved under this home's key; plus stale spare copies
-  (``.tmp-*``) and template build directories whose builder is gone.
+  (``.tmp-*``) and template build directories whose builder is gone;
+- for the local provider, the ``h-<key>`` directories of *other* homes whose ``ENVKIT_HOME`` was
+  deleted (CI workspaces and temp dirs get wiped with environments still running): each such
+  directory names its home in a ``.home`` file, written when it was created, so a reap from any
+  home can tell. An ``h-<key>`` directory whose home exists is never touched; one without a
+  ``.home`` file (made by an older envkit) is removed only when empty;
+- templates (and their spares) no ``up`` has used for ``template_ttl`` (default 7 days).
 
 Every decision about a pipeline is taken, and acted on, while holding that pipeline's lock, so a
 concurrent ``up``/``down`` is never raced: a locked pipeline is always kept. Nothing outside
@@ -30,9 +36,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from envkit.durations import format_duration
 from envkit.errors import EnvkitError
-from envkit.locking import FileLock
-from envkit.naming import parse_iso
+from envkit.locking import FileLock, is_locked
+from envkit.naming import iso_utc, parse_iso, short_hash
 from envkit.pgserver import process_alive
 from envkit.providers import Provider, get_provider
 from envkit.settings import Settings
@@ -42,6 +49,8 @@ log = logging.getLogger(__name__)
 
 WORKERS = 8  # destroys wait on processes and file systems, not the CPU: overlap them
 EMPTY_RESERVATION_GRACE = timedelta(seconds=10)  # a reservation is written microseconds after
+HOME_MARKER = ".home"  # in each h-<key> dir: its resolved ENVKIT_HOME (LocalProvider writes it)
+UNMARKED_HOME_GRACE = timedelta(minutes=10)  # an empty h-<key> dir with no marker, left this long
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,8 @@ class Reaper:
         if self.provider_name == "local":
             self._machine_leftovers()
             self._stray_lock_files()
+            self._other_homes()
+            self._stale_templates()
         if self.provider_name == "aws":
             self._cloud()
         for entries in (self.report.reaped, self.report.kept, self.report.errors):
@@ -254,7 +265,7 @@ class Reaper:
         envs_root: Path = layout.envs_root
         if envs_root.is_dir():
             for child in envs_root.iterdir():
-                if child.is_dir() and child.name not in recorded:
+                if child.is_dir() and not child.name.startswith(".") and child.name not in recorded:
                     found.setdefault(child.name, []).append("directory")
         for pipeline_id in marked_processes(envs_root):
             if pipeline_id not in recorded:
@@ -302,11 +313,28 @@ class Reaper:
                 key = scratch.name[len(".build-") :].rsplit("-", 1)[0]
                 self._under_lock(templates / f"{key}.lock", [scratch], "template build")
         book = layout.addresses
+        for tmp, writer in book.unfinished().items():
+            since = _mtime(tmp)
+            if (
+                since is not None
+                and self.now - since >= EMPTY_RESERVATION_GRACE
+                and (writer is None or not process_alive(writer, {}))
+            ):
+                if not self.dry_run:
+                    tmp.unlink(missing_ok=True)
+                self.report.reaped.append(
+                    {
+                        "pipeline_id": None,
+                        "kind": "address",
+                        "resource": tmp.name,
+                        "reason": "unfinished address reservation: its writer is gone",
+                    }
+                )
         for host, owner in book.owners().items():
             path = book.folder / host
             since = _mtime(path)
-            # A reservation is created empty and written at once; one still empty after the
-            # grace period belongs to a process killed in between, and names no owner at all.
+            # Reservations are now created whole (envkit.loopback); an empty one is left by an
+            # older envkit killed between creating and writing it, and names no owner at all.
             if owner == "" and since is not None and self.now - since >= EMPTY_RESERVATION_GRACE:
                 entry = {
                     "pipeline_id": None,
@@ -351,6 +379,266 @@ class Reaper:
                 if self.store.load(pipeline_id) is None:
                     lock.release(unlink=True)
                 lock.release()
+
+    # -- other homes: h-<key> directories whose ENVKIT_HOME was deleted --------------------------
+    def _other_homes(self) -> None:
+        """Reap the ``h-<key>`` directories of deleted homes (see the module docstring)."""
+        layout = self._layout()
+        root: Path = layout.data_root
+        if not root.is_dir():
+            return
+        for h_dir in sorted(root.glob("h-*")):
+            key = h_dir.name[len("h-") :]
+            if key == layout.home_key or h_dir.is_symlink() or not h_dir.is_dir():
+                continue
+            try:
+                self._other_home(root, h_dir, key)
+            except OSError as exc:  # e.g. vanished under a concurrent reap: report, go on
+                self.report.errors.append(
+                    {
+                        "pipeline_id": None,
+                        "kind": "orphaned-home",
+                        "resource": str(h_dir),
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
+                )
+
+    def _other_home(self, root: Path, h_dir: Path, key: str) -> None:
+        try:
+            home = (h_dir / HOME_MARKER).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            self._unmarked_home(h_dir)
+            return
+        entry: dict[str, Any] = {
+            "pipeline_id": None,
+            "kind": "orphaned-home",
+            "home": home,
+            "resource": str(h_dir),
+        }
+        if not Path(home).is_absolute() or short_hash(home, 10) != key:
+            entry["reason"] = f"its {HOME_MARKER} file does not name the home of key {key}"
+            self.report.kept.append(entry)
+            return
+        if home_exists(home):
+            return  # a live home: never touched (its own reaps look after it)
+        servers = marked_processes(h_dir)
+        if home_exists(home, seen_by=[pid for pids in servers.values() for pid in pids]):
+            return  # live for its servers, in another mount namespace
+        since = _newest_mtime(h_dir)
+        if self.older_than is not None and _age(since, self.now) < self.older_than:
+            entry["reason"] = f"home {home} is gone, but its directory changed within --older-than"
+            self.report.kept.append(entry)
+            return
+        lock = FileLock(root / f".{h_dir.name}.reap.lock", what=f"reap of {h_dir}")
+        if not self.dry_run and not lock.try_acquire():
+            entry["reason"] = "busy: another reap is removing it"
+            self.report.kept.append(entry)
+            return
+        try:
+            self._reap_home(root, h_dir, key, home, servers, entry)
+        finally:
+            lock.release(unlink=True)
+
+    def _reap_home(
+        self,
+        root: Path,
+        h_dir: Path,
+        key: str,
+        home: str,
+        servers: dict[str, list[int]],
+        entry: dict[str, Any],
+    ) -> None:
+        """Destroy every pipeline of a deleted home (servers, services, sockets, addresses),
+        then its directory."""
+        from envkit.providers.local import Layout, LocalProvider
+
+        if not h_dir.is_dir():
+            return  # another reap removed it while we waited for nothing
+        gone = f"its ENVKIT_HOME {home} no longer exists"
+        other = Layout(root, key)
+        provider = LocalProvider(self.settings)
+        provider.layout = other  # destroy() derives every path from the layout alone
+        evidence: dict[str, list[str]] = {}
+        for child in h_dir.iterdir():
+            if child.is_dir() and not child.name.startswith("."):
+                evidence.setdefault(child.name, []).append("directory")
+        for pipeline_id in servers:
+            evidence.setdefault(pipeline_id, []).append("process")
+        prefix = f"{key}/"
+        for owner in other.addresses.owners().values():
+            if owner.startswith(prefix):
+                evidence.setdefault(owner[len(prefix) :], []).append("address")
+
+        def destroy(pipeline_id: str) -> tuple[str, dict[str, Any]]:
+            item: dict[str, Any] = {
+                "pipeline_id": pipeline_id,
+                "kind": "orphaned-home",
+                "home": home,
+                "resource": str(other.env_dir(pipeline_id)),
+                "reason": f"{gone}; leftover " + ", ".join(evidence[pipeline_id]),
+            }
+            if self.dry_run:
+                return "reaped", item
+            started = time.perf_counter()
+            try:
+                provider.destroy(pipeline_id, None)
+            except EnvkitError as exc:
+                item["error"] = exc.message
+                return "errors", item
+            except OSError as exc:
+                item["error"] = f"{type(exc).__name__}: {exc}"
+                return "errors", item
+            item["seconds"] = round(time.perf_counter() - started, 4)
+            return "reaped", item
+
+        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            results = list(pool.map(destroy, sorted(evidence)))
+        for bucket, item in results:
+            getattr(self.report, bucket).append(item)
+        if any(bucket == "errors" for bucket, _ in results):
+            return  # keep the directory (and its marker) for the next reap to retry
+        entry["reason"] = gone
+        if not self.dry_run:
+            if home_exists(home):  # recreated while we worked: leave what is left alone
+                entry["reason"] = f"home {home} reappeared during the reap"
+                self.report.kept.append(entry)
+                return
+            shutil.rmtree(h_dir)
+        self.report.reaped.append(entry)
+
+    def _unmarked_home(self, h_dir: Path) -> None:
+        """An ``h-<key>`` directory made before homes were recorded: removed when empty (after a
+        grace, so one being created is spared), else kept, since nothing proves it orphaned."""
+        entry: dict[str, Any] = {
+            "pipeline_id": None,
+            "kind": "home-directory",
+            "resource": str(h_dir),
+        }
+        # Only a marker being written (".home.<pid>.tmp") may be there for it to count as empty.
+        content = [p for p in h_dir.iterdir() if not p.name.startswith(HOME_MARKER + ".")]
+        if content:
+            entry["reason"] = (
+                f"no {HOME_MARKER} file (made by an older envkit): cannot tell whether its "
+                "ENVKIT_HOME still exists; the next 'envkit up' in that home records it"
+            )
+            self.report.kept.append(entry)
+            return
+        since = _newest_mtime(h_dir)
+        grace = max(UNMARKED_HOME_GRACE, self.older_than or timedelta(0))
+        if _age(since, self.now) < grace:
+            return
+        entry["reason"] = f"empty, with no {HOME_MARKER} file, for over {format_duration(grace)}"
+        if not self.dry_run:
+            for leftover in h_dir.iterdir():
+                leftover.unlink(missing_ok=True)
+            try:
+                h_dir.rmdir()  # fails if an up created something in it meanwhile
+            except OSError:
+                return
+        self.report.reaped.append(entry)
+
+    # -- templates unused for template_ttl --------------------------------------------------------
+    def _stale_templates(self) -> None:
+        """Remove templates (with spares, seed statistics, lock) no ``up`` used for the TTL.
+
+        "Used" is read from modification times: a checkout renames a spare out of
+        ``<name>.spares`` and a refill renames one in, and a build creates the template. A base
+        template counts as used while a template derived from it (``<base>-<dataset>``) is.
+        """
+        templates: Path = self._layout().templates
+        if not templates.is_dir():
+            return
+        ttl: timedelta = self.settings.template_ttl
+        names: dict[str, list[Path]] = {}
+        for path in templates.iterdir():
+            if path.name.startswith("pg-"):
+                names.setdefault(path.name.split(".", 1)[0], []).append(path)
+            elif path.name.startswith(".prune-"):
+                self._half_pruned(path)
+        used = {name: _template_used(paths) for name, paths in names.items()}
+        for name in sorted(names):
+            last = max(
+                (
+                    t
+                    for other, t in used.items()
+                    if t is not None and (other == name or other.startswith(name + "-"))
+                ),
+                default=None,
+            )
+            if last is not None and self.now - last < ttl:
+                continue
+            self._prune_template(templates, name, names[name], last, ttl)
+
+    def _prune_template(
+        self, templates: Path, name: str, paths: list[Path], last: datetime | None, ttl: timedelta
+    ) -> None:
+        entry: dict[str, Any] = {
+            "pipeline_id": None,
+            "kind": "template",
+            "resource": str(templates / name),
+            "last_used": iso_utc(last) if last is not None else None,
+            "reason": f"unused for over {format_duration(ttl)} (template TTL)",
+        }
+        lock_path = templates / f"{name}.lock"
+        refill_path = templates / f"{name}.spares" / ".refill.lock"
+        if self.dry_run:
+            # Probe without taking anything: a dry run leaves every file as it was.
+            if is_locked(lock_path) or is_locked(refill_path):
+                entry["reason"] = "stale, but busy: being built or refilled"
+                self.report.kept.append(entry)
+            else:
+                self.report.reaped.append(entry)
+            return
+        lock = FileLock(lock_path, what=f"Template {name}")
+        refill = FileLock(refill_path, what=f"spares of {name}")
+        if not lock.try_acquire():
+            entry["reason"] = "stale, but busy: being built"
+            self.report.kept.append(entry)
+            return
+        pruned = False
+        try:
+            if refill_path.parent.is_dir() and not refill.try_acquire():
+                entry["reason"] = "stale, but busy: its spares are being refilled"
+                self.report.kept.append(entry)
+                return
+            try:
+                # Rename the template away first: an up looking now finds none and rebuilds it
+                # (waiting for this lock) rather than copying a half-deleted one.
+                for path in sorted(paths, key=lambda p: p.name != name):
+                    if path == lock_path or not path.exists():
+                        continue
+                    if path.is_dir():
+                        doomed = templates / f".prune-{path.name}-{os.getpid()}"
+                        os.rename(path, doomed)
+                        shutil.rmtree(doomed)
+                    else:
+                        path.unlink(missing_ok=True)
+            except OSError as exc:
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+                self.report.errors.append(entry)
+                return
+            finally:
+                refill.release()
+            pruned = True
+            self.report.reaped.append(entry)
+        finally:
+            lock.release(unlink=pruned)
+
+    def _half_pruned(self, path: Path) -> None:
+        """A ``.prune-*`` directory left by a reap killed while deleting a template."""
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and process_alive(int(pid), {}):
+            return
+        if not self.dry_run:
+            shutil.rmtree(path, ignore_errors=True)
+        self.report.reaped.append(
+            {
+                "pipeline_id": None,
+                "kind": "template",
+                "resource": str(path),
+                "reason": "left half-deleted by a reap that was killed",
+            }
+        )
 
     # -- cloud ------------------------------------------------------------------------------------
     def _cloud(self) -> None:
@@ -408,7 +696,9 @@ def inventory(settings: Settings, pipeline_ids: Iterable[str] = ()) -> dict[str,
     return {
         "records": [r.pipeline_id for r in store.all()],
         "locks": sorted(p.name for p in locks.glob("*.lock")) if locks.is_dir() else [],
-        "directories": sorted(p.name for p in layout.envs_root.iterdir())
+        "directories": sorted(
+            p.name for p in layout.envs_root.iterdir() if not p.name.startswith(".")
+        )
         if layout.envs_root.is_dir()
         else [],
         "processes": sorted(
@@ -459,6 +749,38 @@ def _kill_marked(needle: str) -> None:
             log.warning("killing leftover process %s under %s", pid, needle)
             kill_group(pid, signal.SIGKILL)
             wait_gone(pid, 2.0)
+
+
+def home_exists(home: str, *, seen_by: Iterable[int] = ()) -> bool:
+    """Whether the ENVKIT_HOME ``home`` exists, here or for any process of ``seen_by`` (its
+    servers): looked up through ``/proc/<pid>/root``, so a server started in another mount
+    namespace (a container, a service with a private /tmp) sharing this data root keeps its home.
+    Only a definite "no such file" says no: a path that cannot be checked is not proof."""
+    for prefix in ("", *(f"/proc/{pid}/root" for pid in seen_by)):
+        try:
+            os.stat(prefix + home)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # (also a server that exited meanwhile: its /proc entry is gone)
+        except OSError:
+            return True
+        return True
+    return False
+
+
+def _newest_mtime(folder: Path) -> datetime | None:
+    """When ``folder`` or anything directly in it last changed."""
+    times = [t for t in (_mtime(p) for p in (folder, *folder.iterdir())) if t is not None]
+    return max(times, default=None)
+
+
+def _template_used(paths: list[Path]) -> datetime | None:
+    """When a template was last used, from its directory, spares and seed statistics; its lock
+    file does not count (reaps take it too). Lock-file time only when nothing else is left."""
+    times = [_mtime(p) for p in paths if not p.name.endswith(".lock")]
+    found = [t for t in times if t is not None]
+    if not found:
+        found = [t for t in (_mtime(p) for p in paths) if t is not None]
+    return max(found, default=None)
 
 
 def _mtime(path: Path) -> datetime | None:

@@ -83,6 +83,7 @@ _TABLE: tuple[_Field, ...] = (
     _Field("provider", _provider, "ENVKIT_PROVIDER"),
     _Field("ttl", lambda v: parse_duration(v, what="TTL"), "ENVKIT_TTL"),
     _Field("preserve_ttl", lambda v: parse_duration(v, what="TTL"), "ENVKIT_PRESERVE_TTL"),
+    _Field("template_ttl", lambda v: parse_duration(v, what="TTL"), "ENVKIT_TEMPLATE_TTL"),
     _Field("dataset", str, "ENVKIT_DATASET"),
     _Field("seeds_dir", _path, "ENVKIT_SEEDS_DIR"),
     _Field("seed_scale", float, "ENVKIT_SEED_SCALE"),
@@ -110,6 +111,7 @@ class Settings:
     provider: str = "local"
     ttl: timedelta = timedelta(hours=4)
     preserve_ttl: timedelta = timedelta(hours=24)
+    template_ttl: timedelta = timedelta(days=7)  # reap removes templates unused this long
     dataset: str | None = None
     seeds_dir: Path | None = None
     seed_scale: float = 1.0

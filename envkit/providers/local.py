@@ -217,6 +217,13 @@ class LocalProvider:
             if run_as.switch:
                 # The server user must traverse (not list) these to reach its own directories.
                 os.chmod(folder, 0o711)  # noqa: S103  (traverse only, no listing)
+        # Which ENVKIT_HOME this h-<key> directory belongs to, written once and whole, so a
+        # reap from any home can tell when that home was deleted (envkit.reaper: orphaned homes).
+        marker = layout.envs_root / ".home"
+        if not marker.exists():
+            tmp = marker.with_name(f".home.{os.getpid()}.tmp")
+            tmp.write_text(str(self.settings.home.expanduser().resolve()))
+            os.replace(tmp, marker)
 
     def _start(
         self, install: PgInstall, run_as: RunAs, pipeline_id: str, host: str, dedicated: bool
