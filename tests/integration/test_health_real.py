@@ -102,6 +102,44 @@ def test_postgres_started_after_a_delay_is_detected(settings: Settings, client: 
     assert report.timings() == {"health.database": round(result.seconds, 4)}
 
 
+AUTO_WAIT = """
+import json, os, sys
+from pathlib import Path
+from envkit.health import PostgresProbe, wait_until_healthy
+assert "psycopg" not in sys.modules
+probe = PostgresProbe(os.environ["PROBE_URL"], psql=Path(sys.argv[1]), client="auto")
+first_client = "psql" if probe._use_psql() else "psycopg"
+report = wait_until_healthy([probe], timeout=30)
+print(json.dumps({"ok": report.ok, "attempts": report.results[0].attempts,
+                  "first": first_client, "psycopg": "psycopg" in sys.modules}))
+"""
+
+
+def test_auto_client_switches_to_psycopg_while_waiting(settings: Settings) -> None:
+    """In a fresh process: psql while psycopg is not imported; once an attempt fails, psycopg is
+    imported in the background and the wait ends on it (no psql spawn after ready)."""
+    record = up(settings, "late-auto")
+    psql = psql_path(PgInstall(Path(record.resources["bindir"])))
+    assert psql is not None
+    starter = restart_later(settings, record, delay=0.6)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", AUTO_WAIT, str(psql)],
+            env={**os.environ, "PROBE_URL": record.outputs["DATABASE_URL"]},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        starter.join(30)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result == {"ok": True, "attempts": result["attempts"], "first": "psql", "psycopg": True}
+    assert result["attempts"] > 3
+    assert record.outputs["DATABASE_PASSWORD"] not in done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_wrong_password_fails_at_once(
     settings: Settings, client: Client, caplog: pytest.LogCaptureFixture
