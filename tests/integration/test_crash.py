@@ -97,8 +97,11 @@ def leftovers(settings: Settings) -> dict[str, list[str]]:
 
 
 def test_sigkill_during_up_leaves_nothing_reap_or_down_cannot_clean(
-    settings: Settings, private_data: Path
+    private_data: Path, settings: Settings
 ) -> None:
+    # private_data first: settings must be resolved after ENVKIT_DATA_DIR is set, or the
+    # in-process reaps below would work on the machine's shared data root.
+    assert Layout.for_settings(settings).data_root == private_data
     # Warm up (builds the template) and time one `envkit up` process: when its record appears
     # (interpreter start-up and imports come before) and when it exits.
     store = StateStore(settings.home)
