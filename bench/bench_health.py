@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from envkit import lifecycle
 from envkit.health import PostgresProbe, wait_until_healthy
 from envkit.osuser import server_user
 from envkit.pgserver import PgInstall, PgServer, psql_path, run_psql, stop_server
-from envkit.providers.local import Layout
+from envkit.providers.local import Layout, LocalProvider
 from envkit.settings import Settings
 from envkit.state import Record
 
@@ -189,7 +190,6 @@ def main() -> None:
     try:
         record = lifecycle.up(ctx)
         server = server_for(settings, record)
-        psql = psql_path(server.install)
         results: dict[str, Any] = {
             "machine": {
                 "python": platform.python_version(),
@@ -202,7 +202,11 @@ def main() -> None:
             "paths": {},
         }
         for client in ("psql", "psycopg"):
-            probe = PostgresProbe(record.outputs["DATABASE_URL"], psql=psql, client=client)
+            # The probe the local provider declares (it reads the server's postmaster.pid),
+            # on each client path.
+            declared = LocalProvider(settings).probes(record)[0]
+            assert isinstance(declared, PostgresProbe)
+            probe = replace(declared, client=client)
             samples = [one_run(server, probe, args.delay) for _ in range(args.runs)]
             results["paths"][client] = {
                 key: summarise([s[key] for s in samples]) for key in samples[0]

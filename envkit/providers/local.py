@@ -261,7 +261,15 @@ class LocalProvider:
             if record.resources.get("bindir")
             else None
         )
-        probes: list[Probe] = [PostgresProbe(url, component="database", psql=psql)]
+        probes: list[Probe] = [
+            PostgresProbe(
+                url,
+                component="database",
+                psql=psql,
+                pidfile=self.layout.pgdata(record.pipeline_id) / "postmaster.pid",
+                max_delay=0.001,
+            )
+        ]
         if record.resources.get("services"):
             from envkit.supervisor import probes_for
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -387,3 +390,51 @@ def test_bad_specs_are_config_errors(spec: dict[str, object]) -> None:
     with pytest.raises(ConfigError) as caught:
         probe_from_spec(spec)
     assert caught.value.exit_code == 2
+
+
+def _pidfile(tmp_path: Path, status: str | None) -> Path:
+    path = tmp_path / "postmaster.pid"
+    if status is not None:
+        lines = ["4242", str(tmp_path), "1700000000", "5432", "/tmp", "127.0.0.1", "1 2", status]
+        path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        ("starting", "the server is starting"),
+        ("stopping", "the server is stopping"),
+        (None, "not running (no postmaster.pid)"),
+    ],
+)
+def test_postgres_probe_waits_on_the_pidfile_without_touching_the_server(
+    tmp_path: Path, status: str | None, message: str
+) -> None:
+    with socket.socket() as listener:  # a server that would see any connection attempt
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.05)
+        port = listener.getsockname()[1]
+        probe = PostgresProbe(
+            f"postgresql://app:{SECRET}@127.0.0.1:{port}/app",
+            pidfile=_pidfile(tmp_path, status),
+            client="psycopg",
+        )
+        with pytest.raises(TransientError, match=re.escape(message)):
+            probe.check()
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nobody knocked
+
+
+def test_postgres_probe_connects_once_the_pidfile_says_ready(tmp_path: Path) -> None:
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]  # bound, not listening: connections are refused
+        probe = PostgresProbe(
+            f"postgresql://app:{SECRET}@127.0.0.1:{port}/app",
+            pidfile=_pidfile(tmp_path, "ready"),
+            client="psycopg",
+        )
+        with pytest.raises(TransientError, match=r"refused|Connection"):
+            probe.check()
