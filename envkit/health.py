@@ -544,8 +544,7 @@ class PostgresProbe:
     def check(self) -> None:
         """Connect and run ``SELECT 1`` (and ``require_rows``)."""
         try:
-            self._server_status()
-            self._precheck()
+            self._precheck(seen_ready=self._server_status())
             if self._use_psql():
                 self._check_with_psql()
             else:
@@ -559,22 +558,25 @@ class PostgresProbe:
             raise type(exc)(scrub(str(exc), [self._password()])) from None
         self._failing = False
 
-    def _server_status(self) -> None:
-        """Not ready while ``postmaster.pid`` is missing or says otherwise (when readable)."""
+    def _server_status(self) -> bool:
+        """Whether ``postmaster.pid`` says the server is ready; raises while it is missing or
+        says otherwise. ``False`` when there is no such file to read (the connect decides)."""
         if self.pidfile is None:
-            return
+            return False
         try:
             lines = self.pidfile.read_text().split("\n")
         except FileNotFoundError:
             raise TransientError(f"the server is not running (no {self.pidfile.name})") from None
         except OSError:
-            return  # not ours to read: the connect decides
+            return False  # not ours to read
         status = lines[7].strip() if len(lines) > 7 else ""
         if status not in ("ready", "standby"):  # standby: a hot standby takes connections too
             raise TransientError(f"the server is {status or 'starting'} ({self.pidfile.name})")
+        return True
 
-    def _precheck(self) -> None:
-        """Cheap answers, before a psql spawn, to "not listening" and "starting up"."""
+    def _precheck(self, *, seen_ready: bool = False) -> None:
+        """Cheap answers, before a psql spawn, to "not listening" and "starting up" (the
+        latter only when the pid file has not already said "ready")."""
         parts = self._url()
         if parts is None or not parts.hostname or parts.hostname.startswith("/"):
             return
@@ -587,7 +589,7 @@ class PostgresProbe:
             except OSError as exc:
                 raise TransientError(f"{host}:{port}: {exc.strerror or exc}") from None
             return
-        if not self._failing:
+        if not self._failing or seen_ready:
             refused = tcp_refusal(host, port, self.connect_timeout)
             if refused is not None:
                 raise TransientError(refused)
