@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 ADMIN_USER = "envkit"  # superuser; reachable only over the server's private unix socket
 APP_PLACEHOLDER = "envkit_app"  # role and database in the template, renamed per pipeline
-TEMPLATE_FORMAT = 3  # bump when what the template contains changes
+TEMPLATE_FORMAT = 4  # bump when what the template contains changes
 
 # Throw-away test servers: durability off, small memory, dynamic shared memory in the data
 # directory (mmap) so a server killed with SIGKILL leaves nothing in /dev/shm.
@@ -44,6 +44,7 @@ SERVER_SETTINGS: dict[str, str] = {
     "shared_buffers": "16MB",
     "max_connections": "50",
     "max_wal_size": "256MB",
+    "min_wal_size": "2MB",  # keep 2 recycled 1 MB segments, not 5: less to copy per server
     "dynamic_shared_memory_type": "mmap",
     "password_encryption": "scram-sha-256",
     "log_min_messages": "warning",
@@ -475,6 +476,15 @@ def make_socket_dir(path: Path, run_as: RunAs) -> None:
     run_as.chown(path)
 
 
+def trim(datadir: Path) -> None:
+    """Drop the free-space-map forks of a stopped server's relations: hint data PostgreSQL
+    treats a missing fork as "no known free space" for and VACUUM rebuilds (it is not even
+    WAL-logged). They are a quarter of a template's files and 3.7 of its 36 MB, which every
+    copy (one per server) pays for: 55 -> 40 ms per copy here, measured."""
+    for fork in (*datadir.glob("base/*/*_fsm"), *datadir.glob("global/*_fsm")):
+        fork.unlink()
+
+
 class TemplateCache:
     """Pre-initialised data directories under ``root``, built once and copied per server."""
 
@@ -531,6 +541,7 @@ class TemplateCache:
                 build(target, scratch)
                 for leftover in ("postmaster.opts", "postmaster.pid"):
                     (target / leftover).unlink(missing_ok=True)
+                trim(target)
                 os.rename(target, path)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)

@@ -109,3 +109,20 @@ def test_missing_binaries_is_a_prerequisite_error(settings: Settings, tmp_path: 
         up(broken, "nobin")
     assert lifecycle.list_environments(broken) == []
     assert not (broken.home / "locks" / "nobin.lock").exists()
+
+
+def test_templates_carry_no_free_space_maps_and_servers_rebuild_them(settings: Settings) -> None:
+    """Templates are trimmed of FSM forks (less to copy per server); writes and VACUUM work and
+    bring the forks back."""
+    record = lifecycle.up(lifecycle.Context.build("fsm", settings))
+    pgdata = Layout.for_settings(settings).pgdata("fsm")
+    assert not list(pgdata.glob("base/*/*_fsm")) and not list(pgdata.glob("global/*_fsm"))
+    with psycopg.connect(record.outputs["DATABASE_URL"], autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, pad text)")
+        conn.execute("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 5000) g")
+        conn.execute("DELETE FROM t WHERE id % 2 = 0")
+        conn.execute("VACUUM t")
+        row = conn.execute("SELECT pg_relation_size('t', 'fsm') > 0, count(*) FROM t").fetchone()
+        conn.execute("INSERT INTO t SELECT g, 'y' FROM generate_series(5001, 6000) g")
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (3500,)
+    assert row == (True, 2500)
