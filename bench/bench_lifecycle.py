@@ -126,11 +126,15 @@ def main() -> int:
         reap_s = time.perf_counter() - started
         report = json.loads(done.stdout)
         left = {k: v for k, v in inventory(settings, ids).items() if v}
+        # The data root is the machine's: count this home's environments, not other leftovers
+        # the same reap found (templates, homes deleted elsewhere).
+        reaped = [e for e in report["reaped"] if e["pipeline_id"] in ids]
         results.update(
             reap_s=round(reap_s, 4),
-            reap_count=len(report["reaped"]),
+            reap_count=len(reaped),
+            reap_other=len(report["reaped"]) - len(reaped),
             reap_errors=len(report["errors"]),
-            reap_per_env_ms=round(1000 * reap_s / max(1, len(report["reaped"])), 1),
+            reap_per_env_ms=round(1000 * reap_s / max(1, len(reaped)), 1),
             reap_leftovers=left,
         )
     finally:
