@@ -18,6 +18,13 @@ A results file may hold ``"rows"``: ``[{"what", "value", "unit", "anchor", "anch
 rates (``*_rows_s``) against Faker per row, durations (``*_s``, ``*_ms``) against the file's own
 ``"anchors"`` figure of the same name when there is one, else against a single up.
 
+Run it with the interpreter envkit is installed in, ideally the project's own venv
+(``.venv/bin/python bench/run.py``, what ``.ci/run`` builds): every CLI figure includes that
+interpreter's start-up, and an interpreter whose site-packages carries other tools' ``.pth``
+hooks pays them in every process (this machine's pyenv Python imports certifi at every start
+for its sandbox: ~50 ms for ``python -c pass`` against ~20 ms in the venv). The table shows
+``python -c pass`` for the interpreter used, measured in the same run.
+
 Writes bench/results.json (the table, the anchors and every benchmark's raw results) and exits
 non-zero when a benchmark failed.
 """
@@ -62,6 +69,16 @@ def faker_per_row(rows: int = 2000, repeat: int = 3) -> float:
              fake.date_of_birth(), fake.credit_card_number())
         rates.append(rows / (time.perf_counter() - started))
     return statistics.median(rates)
+
+
+def interpreter_start(repeat: int = 7) -> float:
+    """Median seconds of ``python -c pass`` with the interpreter running the benchmarks."""
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
 
 
 def run_bench(name: str, timeout: float, env: dict[str, str]) -> tuple[bool, float, str]:
@@ -171,6 +188,8 @@ def main() -> int:
 
         compileall.compile_dir(str(HERE.parent / "envkit"), quiet=1)
         compileall.compile_dir(str(HERE.parent / "stacks"), quiet=1)
+    if not args.from_results:
+        anchors["python_start"] = interpreter_start()
     for name in names:
         if args.from_results:
             break
@@ -209,6 +228,8 @@ def main() -> int:
          "value": anchors.get("single_up"), "unit": "s"},
         {"bench": "anchor", "what": "Faker per row, en_US, 6 fields",
          "value": anchors.get("faker_per_row"), "unit": "rows/s"},
+        {"bench": "anchor", "what": "python -c pass (this interpreter)",
+         "value": anchors.get("python_start"), "unit": "s"},
     ]
     rows = [r for r in rows if r["value"] is not None]
     for name, result in results.items():
@@ -218,8 +239,8 @@ def main() -> int:
     print(table)
     summary = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "load_avg": os.getloadavg()},
+        "machine": {"python": platform.python_version(), "executable": sys.executable,
+                    "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
         "anchors": anchors,
         "status": status,
         "table": rows,
