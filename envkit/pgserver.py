@@ -10,7 +10,6 @@ application role and its database, so a new server needs only renames and a pass
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import hashlib
 import json
@@ -379,7 +378,7 @@ class PgServer:
 # -- templates --------------------------------------------------------------------------------
 
 
-def _copy_tree(source: Path, target: Path) -> None:
+def copy_tree(source: Path, target: Path) -> None:
     """Copy a data directory keeping owner and modes (``cp`` is ~30 % faster than copytree)."""
     result = subprocess.run(
         [*COPY_COMMAND, str(source), str(target)], capture_output=True, text=True, check=False
@@ -510,7 +509,7 @@ class TemplateCache:
         base = self.base()
 
         def build(target: Path, scratch: Path) -> None:
-            _copy_tree(base, target)
+            copy_tree(base, target)
             server = self._scratch_server(target, scratch)
             server.start()
             try:
@@ -623,106 +622,9 @@ class TemplateCache:
             server.stop(fast=True)
 
 
-SPARES = 2  # pre-copied data directories kept ready per template (~35 MB each, in RAM)
-
 COPY_COMMAND = ("cp", "-R", "-P", "--preserve=mode,ownership")
 """How a data directory is copied: owner and modes kept, no timestamps or xattrs (PostgreSQL
 needs neither; skipping them is ~20 % fewer system calls than ``cp -a``)."""
-
-
-# Runs detached and niced, holding the refill lock through a descriptor inherited from the
-# caller, which took it. A shell costs ~1 ms of CPU to start where a Python interpreter costs
-# ~70 ms, which eight parallel ups on two cores feel. Spare names are unique per (caller pid,
-# nonce), so a reused pid never meets an old spare.
-_REFILL = rf"""
-cd "$1" || exit 0
-rm -rf .tmp-*
-ready=0
-for name in *; do [ -e "$name" ] && ready=$((ready + 1)); done
-i=0
-while [ "$ready" -lt "$3" ]; do
-  tmp=".tmp-$4-$i"
-  if ! {" ".join(COPY_COMMAND)} "$2" "$tmp"; then rm -rf "$tmp"; exit 1; fi
-  mv -T "$tmp" "spare-$4-$i" || {{ rm -rf "$tmp"; exit 1; }}
-  ready=$((ready + 1))
-  i=$((i + 1))
-done
-"""
-
-
-def spares_dir(template: Path) -> Path:
-    """Where ready copies of ``template`` wait to be claimed."""
-    return template.with_name(template.name + ".spares")
-
-
-def checkout(template: Path, datadir: Path) -> bool:
-    """Give ``datadir`` a fresh copy of ``template``; whether a ready spare was used.
-
-    Claiming a spare is one ``rename`` (atomic: of two racing claimers one gets ENOENT and moves
-    on); without one, the template is copied here. Either way a detached, niced process then
-    tops the spares up, off the critical path of this and the next ``up``.
-    """
-    spares = spares_dir(template)
-    claimed = False
-    try:
-        names = sorted(n for n in os.listdir(spares) if not n.startswith("."))
-    except FileNotFoundError:
-        names = []
-    for name in names:
-        try:
-            os.rename(spares / name, datadir)
-        except (FileNotFoundError, OSError):
-            continue
-        if all(
-            (datadir / f).is_file() for f in ("PG_VERSION", "postgresql.conf", "global/pg_control")
-        ):
-            claimed = True
-            break
-        # Not a whole copy (someone tampered with the spares): never start from it.
-        log.warning("discarding an incomplete spare data directory %s", name)
-        shutil.rmtree(datadir, ignore_errors=True)
-    if not claimed:
-        _copy_tree(template, datadir)
-    refill_spares(template)
-    return claimed
-
-
-def refill_spares(template: Path, want: int = SPARES) -> bool:
-    """Start a detached, niced shell that copies ``template`` until ``want`` spares are ready;
-    whether one was started (not when a refill already running holds the lock: it tops up for
-    us too). The lock is taken here and handed down, so it is held from this moment on."""
-    spares = spares_dir(template)
-    spares.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock = os.open(spares / ".refill.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        subprocess.Popen(
-            [
-                "nice",
-                "-n",
-                "19",
-                "sh",
-                "-c",
-                _REFILL,
-                "refill",
-                str(spares),
-                str(template),
-                str(want),
-                f"{os.getpid()}-{time.time_ns():x}",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-            pass_fds=(lock,),
-        )
-        return True
-    finally:
-        os.close(lock)  # the shell's inherited descriptor keeps the lock until it exits
 
 
 SCRAM_ITERATIONS = 128

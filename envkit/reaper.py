@@ -43,6 +43,7 @@ from envkit.naming import iso_utc, parse_iso, short_hash
 from envkit.pgserver import process_alive
 from envkit.providers import Provider, get_provider
 from envkit.settings import Settings
+from envkit.spares import trim as trim_pool
 from envkit.state import BUSY_STATUSES, Record, StateStore, Status, utcnow
 
 log = logging.getLogger(__name__)
@@ -309,6 +310,17 @@ class Reaper:
                 stale = [p for p in spares.glob(".tmp-*") if p.is_dir()]
                 if stale:
                     self._under_lock(spares / ".refill.lock", stale, "spare copy")
+                # A pool grown by a burst of ups shrinks back once the burst is forgotten.
+                template = spares.with_name(spares.name.removesuffix(".spares"))
+                for name in trim_pool(template, dry_run=self.dry_run):
+                    self.report.reaped.append(
+                        {
+                            "pipeline_id": None,
+                            "kind": "spare copy",
+                            "resource": str(spares / name),
+                            "reason": "surplus: no burst of ups needed it for an hour",
+                        }
+                    )
             for scratch in templates.glob(".build-*"):
                 key = scratch.name[len(".build-") :].rsplit("-", 1)[0]
                 self._under_lock(templates / f"{key}.lock", [scratch], "template build")

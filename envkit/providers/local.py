@@ -29,7 +29,6 @@ from envkit.pgserver import (
     PgServer,
     PortInUseError,
     TemplateCache,
-    checkout,
     cmdline,
     configure_app,
     find_install,
@@ -44,6 +43,7 @@ from envkit.pgserver import (
 from envkit.providers import ProvisionRequest
 from envkit.redact import scrub
 from envkit.settings import Settings
+from envkit.spares import checkout
 from envkit.state import Record
 
 log = logging.getLogger(__name__)

@@ -25,10 +25,11 @@ from conftest import tear_down_home
 
 from envkit import lifecycle
 from envkit.locking import is_locked
-from envkit.pgserver import cmdline, postmaster_pid, spares_dir, wait_gone
+from envkit.pgserver import cmdline, postmaster_pid, wait_gone
 from envkit.providers.local import Layout
 from envkit.reaper import ReapReport, marked_processes, reap
 from envkit.settings import Settings
+from envkit.spares import spares_dir
 from envkit.state import Status, utcnow
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from envkit.pgserver import SPARES, checkout, refill_spares, spares_dir
+from envkit import spares as pool
+from envkit.spares import (
+    DEMAND_MEMORY,
+    MAX_SPARES,
+    SPARES,
+    affordable,
+    checkout,
+    note_demand,
+    refill,
+    spares_dir,
+    trim,
+    wanted,
+)
 
 
 @pytest.fixture()
@@ -30,7 +42,7 @@ def template(tmp_path: Path) -> Path:
 
 
 def ready(template: Path) -> list[str]:
-    return sorted(n for n in os.listdir(spares_dir(template)) if not n.startswith("."))
+    return pool.ready(spares_dir(template))
 
 
 def wait_for_refill(template: Path, timeout: float = 10.0) -> None:
@@ -51,7 +63,7 @@ def wait_for_refill(template: Path, timeout: float = 10.0) -> None:
 
 
 def test_refill_tops_up_to_the_wanted_count_with_whole_copies(template: Path) -> None:
-    assert refill_spares(template) is True
+    assert refill(template) is True
     wait_for_refill(template)
     names = ready(template)
     assert len(names) == SPARES
@@ -62,7 +74,7 @@ def test_refill_tops_up_to_the_wanted_count_with_whole_copies(template: Path) ->
         ).read_bytes()
         assert (copy / "base" / "1" / "1259").stat().st_mode & 0o777 == 0o600
     # Already full: a second refill copies nothing.
-    assert refill_spares(template) is True
+    assert refill(template) is True
     wait_for_refill(template)
     assert ready(template) == names
 
@@ -73,7 +85,7 @@ def test_a_refill_already_running_is_not_doubled(template: Path) -> None:
     holder = os.open(spares / ".refill.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(holder, fcntl.LOCK_EX)
-        assert refill_spares(template) is False
+        assert refill(template) is False
         assert ready(template) == []
     finally:
         os.close(holder)
@@ -84,7 +96,7 @@ def test_half_done_copies_are_cleared_and_checkout_claims_a_spare(
 ) -> None:
     spares = spares_dir(template)
     (spares / ".tmp-999-0" / "base").mkdir(parents=True)  # a refill killed mid-copy
-    refill_spares(template)
+    refill(template)
     wait_for_refill(template)
     assert not (spares / ".tmp-999-0").exists()
     first = ready(template)
@@ -112,3 +124,69 @@ def test_checkout_copies_the_template_when_no_spare_is_ready(
         assert (target / "PG_VERSION").read_text() == "15\n"
     finally:
         os.close(holder)
+
+
+def test_misses_grow_the_pool_up_to_the_cap_and_are_forgotten(template: Path) -> None:
+    spares = spares_dir(template)
+    spares.mkdir(parents=True)
+    assert wanted(spares) == SPARES
+    for _ in range(3):
+        note_demand(spares, missed=True)
+    assert wanted(spares) == SPARES + 3
+    for _ in range(MAX_SPARES * 2):
+        note_demand(spares, missed=True)
+    assert wanted(spares) == MAX_SPARES
+    later = time.time() + DEMAND_MEMORY + 1
+    assert wanted(spares, now=later) == SPARES
+    # Emptying the pool (not a miss) keeps the burst remembered.
+    old = time.time() - DEMAND_MEMORY + 5
+    os.utime(spares / ".misses", (old, old))
+    note_demand(spares, missed=False)
+    assert wanted(spares, now=time.time() + 10) == MAX_SPARES
+
+
+def test_a_checkout_without_a_spare_grows_the_next_refill(template: Path, tmp_path: Path) -> None:
+    spares = spares_dir(template)
+    spares.mkdir(parents=True)
+    holder = os.open(spares / ".refill.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # keep the pool empty for the three checkouts
+        for i in range(3):
+            assert checkout(template, tmp_path / f"data-{i}") is False
+    finally:
+        os.close(holder)
+    assert wanted(spares) == SPARES + 3
+    assert refill(template) is True
+    wait_for_refill(template)
+    assert len(ready(template)) == SPARES + 3
+
+
+def test_the_pool_never_takes_more_than_its_share_of_free_space(template: Path) -> None:
+    spares = spares_dir(template)
+    spares.mkdir(parents=True)
+    (spares / ".bytes").write_text(str(10**15))  # one copy "weighs" a petabyte
+    for _ in range(4):
+        note_demand(spares, missed=True)
+    assert affordable(template, spares) == 0
+    assert refill(template) is True
+    wait_for_refill(template)
+    assert ready(template) == []
+
+
+def test_trim_drops_the_surplus_once_the_burst_is_forgotten(template: Path) -> None:
+    spares = spares_dir(template)
+    spares.mkdir(parents=True)
+    for _ in range(2):
+        note_demand(spares, missed=True)
+    refill(template)
+    wait_for_refill(template)
+    assert len(ready(template)) == SPARES + 2
+    assert trim(template) == []  # still wanted
+    old = time.time() - DEMAND_MEMORY - 1
+    os.utime(spares / ".misses", (old, old))
+    assert len(trim(template, dry_run=True)) == 2
+    assert len(ready(template)) == SPARES + 2
+    assert len(trim(template)) == 2
+    assert len(ready(template)) == SPARES
+    assert not (spares / ".misses").exists()
+    assert not list(spares.glob(".tmp-*"))
