@@ -6,7 +6,8 @@ Measured in one run, on this machine, medians of N rounds each, in a private ENV
   untimed ``down``);
 - **8 parallel ups**: eight such processes started at once with distinct IDs, wall time until
   the last one exits (then all downs, untimed). Target: ≤ 1.25 x (8 / cores) x one up — within
-  25 % of the CPU-bound ideal (5 x one up on 2 cores);
+  25 % of the CPU-bound ideal (5 x one up on 2 cores). The first round meets the spare pool at
+  its resting size and is also reported alone; the pool grows for the rounds after it;
 - **reap 50 expired**: 50 real environments created with a 1 s TTL, then one
   ``python -m envkit reap --json`` wall time until all 50 are gone.
 
@@ -34,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from envkit import lifecycle  # noqa: E402
+from envkit.locking import is_locked  # noqa: E402
 from envkit.reaper import inventory  # noqa: E402
 from envkit.settings import Settings  # noqa: E402
 
@@ -72,6 +74,15 @@ def downs(ids: list[str], env: dict[str, str]) -> None:
         list(pool.map(lambda i: envkit("down", i, env=env), ids))
 
 
+def stop_refills(data: Path) -> None:
+    """Wait for spare refills under ``data`` (they hold the pool's lock until done)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(
+        is_locked(p / ".refill.lock") for p in (data / "templates").glob("*.spares")
+    ):
+        time.sleep(0.05)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds per figure (median)")
@@ -80,10 +91,14 @@ def main() -> int:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="envkit-bench-lifecycle-"))
-    env = {**os.environ, "ENVKIT_HOME": str(home)}
+    # A data root of its own (RAM-backed like the default): its template, its spare pool at rest
+    # and no other home's leftovers, whatever ran on this machine before.
+    shm = Path("/dev/shm")
+    data = Path(tempfile.mkdtemp(prefix="envkit-bench-data-", dir=shm if shm.is_dir() else None))
+    env = {**os.environ, "ENVKIT_HOME": str(home), "ENVKIT_DATA_DIR": str(data)}
     for name in ("ENVKIT_PIPELINE_ID", "GITHUB_RUN_ID", "CI_PIPELINE_ID", "BUILD_TAG"):
         env.pop(name, None)
-    settings = Settings.resolve({"home": home})
+    settings = Settings.resolve({"home": home, "data_dir": data})
     cores = os.cpu_count() or 1
     results: dict[str, Any] = {"cores": cores, "rounds": args.rounds}
     try:
@@ -107,6 +122,10 @@ def main() -> int:
             ideal_s=round(ideal, 4),
             target_s=round(1.25 * ideal, 4),
             parallel_vs_one=round(par / one_up, 2),
+            # Round 1 meets the spare pool at its resting size (envkit.spares): most of its ups
+            # copy the template themselves, and the pool grows for the rounds after it.
+            parallel_first_round_s=round(many[0], 4),
+            parallel_first_round_vs_one=round(many[0] / one_up, 2),
             within_target=par <= 1.25 * ideal,
             samples={"one_up_s": one, "parallel_ups_s": many},
         )
@@ -144,7 +163,9 @@ def main() -> int:
             except Exception as exc:  # keep cleaning up the rest
                 print(f"cleanup of {record.pipeline_id} failed: {exc}", file=sys.stderr)
         envkit("reap", env=env)
+        stop_refills(data)
         shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(data, ignore_errors=True)
 
     results["rows"] = [
         {"what": "one envkit up (CLI)", "value": results["one_up_s"], "unit": "s",
@@ -163,7 +184,8 @@ def main() -> int:
               f"{row['anchor_value']:.3f}s")
     print(f"parallel/one = {results['parallel_vs_one']}x "
           f"(ideal {args.parallel / cores:.1f}x, target ≤ {1.25 * args.parallel / cores:.2f}x): "
-          f"{'OK' if results['within_target'] else 'MISSED'}; "
+          f"{'OK' if results['within_target'] else 'MISSED'}; first round (pool at rest) "
+          f"{results['parallel_first_round_vs_one']}x; "
           f"reap {results['reap_per_env_ms']} ms/env, errors {results['reap_errors']}, "
           f"leftovers {results['reap_leftovers'] or 'none'}")
     return 0 if results["within_target"] and not results["reap_errors"] else 1
