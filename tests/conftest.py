@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 from collections.abc import Iterator
@@ -24,7 +25,6 @@ def tear_down_home(home: Path) -> None:
     """Destroy every environment recorded under ``home`` and kill any process left in its
     data directories, so a failing test never leaks a server."""
     from envkit import lifecycle
-    from envkit.pgserver import cmdline
     from envkit.providers.local import Layout
 
     settings = Settings.resolve({"home": home})
@@ -32,17 +32,25 @@ def tear_down_home(home: Path) -> None:
         with contextlib.suppress(Exception):  # keep going: the sweep below catches the rest
             lifecycle.down(lifecycle.Context.build(record.pipeline_id, settings))
     envs_root = str(Layout.for_settings(settings).envs_root) + os.sep
+    kill_processes_under(envs_root)
+    shutil.rmtree(envs_root, ignore_errors=True)
+
+
+def kill_processes_under(prefix: str) -> None:
+    """SIGKILL (with their process groups) the processes whose command line names a path
+    under ``prefix``, or whose working directory is there (envkit.supervisor's services)."""
+    from envkit.pgserver import cmdline
+
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (
-            any(a.startswith(envs_root) for a in cmdline(int(entry)))
-            or _cwd(int(entry)).startswith(envs_root)  # service processes (envkit.supervisor)
+            any(a.startswith(prefix) for a in cmdline(int(entry)))
+            or _cwd(int(entry)).startswith(prefix)
         ):
             try:
                 os.killpg(int(entry), signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(entry), signal.SIGKILL)
-    shutil.rmtree(envs_root, ignore_errors=True)
 
 
 def _cwd(pid: int) -> str:
@@ -68,6 +76,19 @@ def envkit_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_env: None
     monkeypatch.chdir(tmp_path)
     yield home
     tear_down_home(home)
+
+
+@pytest.fixture
+def private_data(envkit_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A data root of this test alone (RAM-backed when possible; ENVKIT_DATA_DIR), removed
+    afterwards with every process still running under it (all of them started by the test).
+    Request it before ``settings``, which must be resolved after it."""
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else envkit_home.parent
+    root = base / f"envkit-test-{secrets.token_hex(4)}"
+    monkeypatch.setenv("ENVKIT_DATA_DIR", str(root))
+    yield root
+    kill_processes_under(str(root) + os.sep)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

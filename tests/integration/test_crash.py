@@ -11,24 +11,20 @@ as well as mid-start.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import random
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from envkit import lifecycle
-from envkit.pgserver import cmdline
 from envkit.providers.local import Layout
 from envkit.reaper import inventory, reap
 from envkit.settings import Settings
@@ -39,23 +35,6 @@ pytestmark = pytest.mark.integration
 KILLS = 50
 SEED = 20261121
 IDS = ("crash-a", "crash-b", "crash-c")
-
-
-@pytest.fixture
-def private_data(envkit_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A data root of this test alone (RAM-backed when possible), removed afterwards."""
-    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else envkit_home.parent
-    root = base / f"envkit-crash-{secrets.token_hex(4)}"
-    monkeypatch.setenv("ENVKIT_DATA_DIR", str(root))
-    yield root
-    # conftest's teardown destroys the environments; this catches processes and spare refills
-    # started under this private root (all of them started by this test), then removes it.
-    needle = str(root) + os.sep
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and any(a.startswith(needle) for a in cmdline(int(entry))):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry), signal.SIGKILL)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def envkit(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

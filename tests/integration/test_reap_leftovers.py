@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -25,7 +24,7 @@ from conftest import tear_down_home
 
 from envkit import lifecycle
 from envkit.locking import is_locked
-from envkit.pgserver import cmdline, postmaster_pid, wait_gone
+from envkit.pgserver import postmaster_pid, wait_gone
 from envkit.providers.local import Layout
 from envkit.reaper import ReapReport, marked_processes, reap
 from envkit.settings import Settings
@@ -33,24 +32,6 @@ from envkit.spares import spares_dir
 from envkit.state import Status, utcnow
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def private_data(envkit_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A data root of this test alone, shared by every home the test makes; removed afterwards
-    with any process still running under it (all of them started by this test)."""
-    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else envkit_home.parent
-    root = base / f"envkit-reap-{secrets.token_hex(4)}"
-    monkeypatch.setenv("ENVKIT_DATA_DIR", str(root))
-    yield root
-    needle = str(root) + os.sep
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and any(a.startswith(needle) for a in cmdline(int(entry))):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(int(entry), signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry), signal.SIGKILL)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
