@@ -134,8 +134,8 @@ def _server_cpu(url: str) -> tuple[int, float]:
 
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    postmaster = int(Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert row is not None  # read while the backend lives: its parent is the postmaster
+        postmaster = int(Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
     return postmaster, _tree_cpu(postmaster)
 
 
