@@ -12,12 +12,13 @@ numbers Luhn-valid but inside test ranges, phone numbers in the fictional NANP r
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import re
 import secrets
+import struct
 from collections.abc import Callable
 from datetime import date, timedelta
+from functools import lru_cache
 from pathlib import Path
 
 from envkit.errors import ConfigError
@@ -59,34 +60,74 @@ STREET_KINDS = ("St", "Ave", "Rd", "Ln", "Way", "Ct")
 
 KEY_ENV = "ENVKIT_MASKING_KEY"
 _NON_DIGIT = re.compile(r"\D")
+_ASCII_NON_DIGITS = bytes(b for b in range(128) if not chr(b).isdigit())
+_U64 = struct.Struct(">Q").unpack_from  # int.from_bytes(d[i:i + 8], "big"), without the slice
 
 
-def _digest(key: bytes, kind: str, value: str) -> bytes:
-    return hmac.new(key, f"{kind}\0{value}".encode(), hashlib.sha256).digest()
+Mac = Callable[[bytes], bytes]
+Masker = Callable[[bytes, str], str]
+Bound = Callable[[str], str]
 
 
-def _pick(options: tuple[str, ...], key: bytes, kind: str, value: str) -> str:
-    """A keyed choice from ``options`` that is never ``value`` itself (so names always change)."""
-    start = int.from_bytes(_digest(key, kind, value)[:8], "big") % len(options)
-    for step in range(len(options)):
-        candidate = options[(start + step) % len(options)]
-        if candidate.casefold() != value.strip().casefold():
-            return candidate
-    raise AssertionError("a pool of one value cannot mask")  # pools here hold many values
+@lru_cache(maxsize=16)
+def _hmac_sha256(key: bytes) -> Mac:
+    """HMAC-SHA256 under ``key`` (RFC 2104; the very digest of ``hmac.digest(key, m, "sha256")``)
+    with the key's two padded blocks hashed once: per value only copies of the two states are
+    updated, 1.8x faster than ``hmac.new``/``hmac.digest``, which hash the key again each time."""
+    block = hashlib.sha256().block_size
+    padded = (hashlib.sha256(key).digest() if len(key) > block else key).ljust(block, b"\0")
+    inner_copy = hashlib.sha256(bytes(b ^ 0x36 for b in padded)).copy
+    outer_copy = hashlib.sha256(bytes(b ^ 0x5C for b in padded)).copy
+
+    def mac(message: bytes) -> bytes:
+        inner = inner_copy()
+        inner.update(message)
+        outer = outer_copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+    return mac
 
 
-def mask_email(key: bytes, value: str) -> str:
-    """``user-<hmac>@example.{com,org,net}``: unique per input, never a deliverable address."""
-    d = _digest(key, "email", value.strip().lower())
-    return f"user-{d[:6].hex()}@{RESERVED_DOMAINS[d[6] % len(RESERVED_DOMAINS)]}"
+def _picker(options: tuple[str, ...], mac: Mac, kind: str) -> Bound:
+    """A keyed choice from ``options`` that is never the value itself (so names always change)."""
+    prefix, folded, n = kind.encode() + b"\0", [o.casefold() for o in options], len(options)
+
+    def pick(value: str) -> str:
+        start = int.from_bytes(mac(prefix + value.encode())[:8], "big") % n
+        plain = value.strip().casefold()
+        for step in range(n):
+            if folded[(start + step) % n] != plain:
+                return options[(start + step) % n]
+        raise AssertionError("a pool of one value cannot mask")  # pools here hold many values
+
+    return pick
 
 
-def mask_phone(key: bytes, value: str) -> str:
-    """A number in the fictional 555-01xx range, ``+1-AAA-555-01LL``."""
-    d = _digest(key, "phone", _NON_DIGIT.sub("", value))
-    area = AREA_CODES[d[0] % len(AREA_CODES)]
-    line = FICTIONAL_LINES[d[1] % len(FICTIONAL_LINES)]
-    return f"+1-{area}-{FICTIONAL_EXCHANGE}-0{line}"
+def _email(mac: Mac) -> Bound:
+    domains, n = RESERVED_DOMAINS, len(RESERVED_DOMAINS)
+
+    def email(value: str) -> str:
+        d = mac(b"email\0" + value.strip().lower().encode())
+        return f"user-{d[:6].hex()}@{domains[d[6] % n]}"
+
+    return email
+
+
+def _phone(mac: Mac) -> Bound:
+    heads = [f"+1-{area}-{FICTIONAL_EXCHANGE}-0" for area in AREA_CODES]
+    tails = [str(line) for line in FICTIONAL_LINES]
+
+    def phone(value: str) -> str:
+        if value.isascii():  # the digits (what \d matches) without a regex
+            raw = value.encode()
+            digits = raw if raw.isdigit() else raw.translate(None, _ASCII_NON_DIGITS)
+        else:
+            digits = _NON_DIGIT.sub("", value).encode()
+        d = mac(b"phone\0" + digits)
+        return heads[d[0] % len(heads)] + tails[d[1] % len(tails)]
+
+    return phone
 
 
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # Luhn: a doubled digit's digit sum
@@ -116,92 +157,186 @@ def is_test_card(number: str) -> bool:
     )
 
 
-def mask_card(key: bytes, value: str) -> str:
-    """A Luhn-valid test-range number keeping the input's last four digits and separators.
+@lru_cache(maxsize=1)
+def _card_luhn_tables() -> tuple[list[int], list[int]]:
+    """Luhn sums of a card's keyed middle (5 digits, places 9-5 from the right) and of its last
+    four (places 3-0), by value: a card's sum is then two look-ups and its prefix's sum.
+    Trailing zeros put a part at its place and add nothing."""
+    mid_hi = [_luhn_sum(f"{i:03d}" + "0" * 7) for i in range(1000)]
+    mid_lo = [_luhn_sum(f"{i:02d}" + "0" * 5) for i in range(100)]
+    last_hi = [_luhn_sum(f"{i:02d}00") for i in range(100)]
+    last_lo = [_luhn_sum(f"{i:02d}") for i in range(100)]
+    return [h + lo for h in mid_hi for lo in mid_lo], [h + lo for h in last_hi for lo in last_lo]
 
-    Layout: test prefix (6) + keyed digits (5) + one digit chosen for Luhn + last four (4).
-    """
-    digits = _NON_DIGIT.sub("", value)
-    d = _digest(key, "card", digits)
-    prefix = TEST_CARD_PREFIXES[d[0] % len(TEST_CARD_PREFIXES)]
-    middle = f"{int.from_bytes(d[1:9], 'big') % 100_000:05d}"
-    last4 = digits[-4:].rjust(4, "0") if digits else "0000"
-    # The fixed digit sits at an even place from the right (not doubled): solve for it.
-    fix = str(-_luhn_sum(prefix + middle + "0" + last4) % 10)
-    candidate = prefix + middle + fix + last4
-    if len(digits) == CARD_LENGTH and len(value) != CARD_LENGTH:
-        # Format-preserving: put the input's separators back where they were.
-        it = iter(candidate)
-        return "".join(next(it) if c.isdigit() else c for c in value)
-    return candidate
+
+def _card(mac: Mac) -> Bound:
+    """Layout: test prefix (6) + keyed digits (5) + one digit chosen for Luhn + last four (4).
+    The check digit sits at an even place from the right (not doubled): it is solved for."""
+    # A prefix (no leading zero) * 10^5 + the keyed digits prints as the first 11 digits.
+    prefixes = [(int(p) * 100_000, _luhn_sum(p + "0" * 10)) for p in TEST_CARD_PREFIXES]
+    middles, lasts = _card_luhn_tables()
+
+    def card(value: str) -> str:
+        if value.isascii():
+            raw = value.encode()
+            digits = raw if raw.isdigit() else raw.translate(None, _ASCII_NON_DIGITS)
+            count, last4 = len(digits), digits[-4:].rjust(4, b"0").decode()
+        else:  # Unicode digits count as digits, as the regex has it
+            text = _NON_DIGIT.sub("", value)
+            digits, count, last4 = text.encode(), len(text), text[-4:].rjust(4, "0")
+        d = mac(b"card\0" + digits)
+        head, head_sum = prefixes[d[0] % len(prefixes)]
+        middle = _U64(d, 1)[0] % 100_000
+        fix = -(head_sum + middles[middle] + lasts[int(last4)]) % 10
+        candidate = f"{(head + middle) * 10 + fix}{last4}"
+        if count == CARD_LENGTH and len(value) != CARD_LENGTH:
+            # Format-preserving: put the input's separators back where they were.
+            it = iter(candidate)
+            return "".join(next(it) if c.isdigit() else c for c in value)
+        return candidate
+
+    return card
+
+
+def _name(mac: Mac) -> Bound:
+    first, last = _picker(FIRST_NAMES, mac, "name.first"), _picker(LAST_NAMES, mac, "name.last")
+    return lambda value: f"{first(value)} {last(value)}"
+
+
+def _street(mac: Mac) -> Bound:
+    def street(value: str) -> str:
+        d = mac(b"street\0" + value.encode())
+        number = 1 + int.from_bytes(d[:4], "big") % 9999
+        kind = STREET_KINDS[d[5] % len(STREET_KINDS)]
+        candidate = f"{number} {STREETS[d[4] % len(STREETS)]} {kind}"
+        return candidate if candidate != value else f"{number + 1} {candidate.split(' ', 1)[1]}"
+
+    return street
+
+
+def _postcode(mac: Mac) -> Bound:
+    def postcode(value: str) -> str:
+        d = mac(b"postcode\0" + value.encode())
+        if not any(c.isdigit() for c in value):
+            return f"{int.from_bytes(d[:4], 'big') % 100_000:05d}"
+        masked = "".join(str(d[i % len(d)] % 10) if c.isdigit() else c for i, c in enumerate(value))
+        if masked == value:  # 1 in 10^digits: nudge the first digit so the value always changes
+            first = next(i for i, c in enumerate(value) if c.isdigit())
+            masked = masked[:first] + str((int(masked[first]) + 1) % 10) + masked[first + 1 :]
+        return masked
+
+    return postcode
+
+
+def _date(mac: Mac) -> Bound:
+    def shifted(value: str) -> str:
+        day = date.fromisoformat(value.strip()[:10])
+        message = value.encode()
+        shift = 1 + int.from_bytes(mac(b"date\0" + message)[:4], "big") % 180
+        sign = 1 if mac(b"date.sign\0" + message)[0] % 2 else -1
+        try:
+            return (day + timedelta(days=sign * shift)).isoformat()
+        except OverflowError:
+            return (day - timedelta(days=sign * shift)).isoformat()
+
+    return shifted
+
+
+def _token(mac: Mac) -> Bound:
+    return lambda value: mac(b"token\0" + value.encode()).hex()[: max(1, min(len(value), 64))]
+
+
+def _redact(mac: Mac) -> Bound:
+    return lambda value: "[redacted]"
+
+
+# Rule name -> a factory of the rule's masking function under one key.
+# "keep" (mark a column safe) and "null" are handled by the copier.
+_FACTORIES: dict[str, Callable[[Mac], Bound]] = {
+    "email": _email,
+    "phone": _phone,
+    "card": _card,
+    "first_name": lambda mac: _picker(FIRST_NAMES, mac, "first_name"),
+    "last_name": lambda mac: _picker(LAST_NAMES, mac, "last_name"),
+    "name": _name,
+    "city": lambda mac: _picker(CITIES, mac, "city"),
+    "street": _street,
+    "postcode": _postcode,
+    "date": _date,
+    "token": _token,
+    "redact": _redact,
+}
+
+
+@lru_cache(maxsize=64)
+def bind(rule: str, key: bytes) -> Bound:
+    """The masking function of ``rule`` under ``key``, for masking many values: the key's HMAC
+    state and the rule's tables are prepared once. ``bind(r, k)(v) == MASKERS[r](k, v)``."""
+    return _FACTORIES[rule](_hmac_sha256(key))
+
+
+def mask_email(key: bytes, value: str) -> str:
+    """``user-<hmac>@example.{com,org,net}``: unique per input, never a deliverable address."""
+    return bind("email", key)(value)
+
+
+def mask_phone(key: bytes, value: str) -> str:
+    """A number in the fictional 555-01xx range, ``+1-AAA-555-01LL``."""
+    return bind("phone", key)(value)
+
+
+def mask_card(key: bytes, value: str) -> str:
+    """A Luhn-valid test-range number keeping the input's last four digits and separators."""
+    return bind("card", key)(value)
 
 
 def mask_first_name(key: bytes, value: str) -> str:
     """A fictional first name, never the input."""
-    return _pick(FIRST_NAMES, key, "first_name", value)
+    return bind("first_name", key)(value)
 
 
 def mask_last_name(key: bytes, value: str) -> str:
     """A fictional last name, never the input."""
-    return _pick(LAST_NAMES, key, "last_name", value)
+    return bind("last_name", key)(value)
 
 
 def mask_name(key: bytes, value: str) -> str:
     """A fictional full name ("First Last"), never the input."""
-    first = _pick(FIRST_NAMES, key, "name.first", value)
-    return f"{first} {_pick(LAST_NAMES, key, 'name.last', value)}"
+    return bind("name", key)(value)
 
 
 def mask_city(key: bytes, value: str) -> str:
     """A generic city name, never the input."""
-    return _pick(CITIES, key, "city", value)
+    return bind("city", key)(value)
 
 
 def mask_street(key: bytes, value: str) -> str:
     """A generic street address (``<n> <Tree> <Kind>``)."""
-    d = _digest(key, "street", value)
-    number = 1 + int.from_bytes(d[:4], "big") % 9999
-    candidate = f"{number} {STREETS[d[4] % len(STREETS)]} {STREET_KINDS[d[5] % len(STREET_KINDS)]}"
-    return candidate if candidate != value else f"{number + 1} {candidate.split(' ', 1)[1]}"
+    return bind("street", key)(value)
 
 
 def mask_postcode(key: bytes, value: str) -> str:
     """Same shape: digits replaced by keyed digits, letters and spaces kept (``SW1A 1AA``);
     a value without digits becomes a keyed five-digit code."""
-    d = _digest(key, "postcode", value)
-    if not any(c.isdigit() for c in value):
-        return f"{int.from_bytes(d[:4], 'big') % 100_000:05d}"
-    masked = "".join(str(d[i % len(d)] % 10) if c.isdigit() else c for i, c in enumerate(value))
-    if masked == value:  # 1 in 10^digits: nudge the first digit so the value always changes
-        first = next(i for i, c in enumerate(value) if c.isdigit())
-        masked = masked[:first] + str((int(masked[first]) + 1) % 10) + masked[first + 1 :]
-    return masked
+    return bind("postcode", key)(value)
 
 
 def mask_date(key: bytes, value: str) -> str:
     """An ISO date within ±180 days of the input (keeps ages plausible), never the input."""
-    day = date.fromisoformat(value.strip()[:10])
-    shift = 1 + int.from_bytes(_digest(key, "date", value)[:4], "big") % 180
-    sign = 1 if _digest(key, "date.sign", value)[0] % 2 else -1
-    try:
-        return (day + timedelta(days=sign * shift)).isoformat()
-    except OverflowError:
-        return (day - timedelta(days=sign * shift)).isoformat()
+    return bind("date", key)(value)
 
 
 def mask_token(key: bytes, value: str) -> str:
     """A keyed hex token of the input's length (max 64): for free-form identifiers."""
-    return _digest(key, "token", value).hex()[: max(1, min(len(value), 64))]
+    return bind("token", key)(value)
 
 
 def mask_redact(key: bytes, value: str) -> str:
     """A fixed placeholder for free text that must not survive at all."""
-    return "[redacted]"
+    return bind("redact", key)(value)
 
 
-Masker = Callable[[bytes, str], str]
-
-# Rule name -> function. "keep" (mark a column safe) and "null" are handled by the copier.
+# Rule name -> function of (key, value).
 MASKERS: dict[str, Masker] = {
     "email": mask_email,
     "phone": mask_phone,
