@@ -4,6 +4,7 @@ Every function is ``f(key, value) -> str``: the same key and value always give t
 (so a masked foreign key still joins its masked primary key), different keys give unrelated
 outputs, and without the key nothing can be reversed - an unkeyed hash of a card number or a
 phone number is brute-forced in seconds, which is why there is no unkeyed variant here.
+To mask many values, ``bind(rule, key)`` is the same function with the key prepared once.
 
 Outputs are safe by construction: emails only on reserved domains (RFC 2606 / RFC 6761), card
 numbers Luhn-valid but inside test ranges, phone numbers in the fictional NANP range 555-0100..0199.
@@ -73,7 +74,7 @@ Bound = Callable[[str], str]
 def _hmac_sha256(key: bytes) -> Mac:
     """HMAC-SHA256 under ``key`` (RFC 2104; the very digest of ``hmac.digest(key, m, "sha256")``)
     with the key's two padded blocks hashed once: per value only copies of the two states are
-    updated, 1.8x faster than ``hmac.new``/``hmac.digest``, which hash the key again each time."""
+    updated, about twice as fast as ``hmac.new``/``hmac.digest``, which start from the key."""
     block = hashlib.sha256().block_size
     padded = (hashlib.sha256(key).digest() if len(key) > block else key).ljust(block, b"\0")
     inner_copy = hashlib.sha256(bytes(b ^ 0x36 for b in padded)).copy
