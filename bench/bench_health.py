@@ -14,8 +14,9 @@ with none of envkit's machinery. The lag after ``ready`` is mostly the server's:
 the relcache init files, so the first connection rebuilds them while the postmaster launches
 its background workers; a connection after that one costs about half as much.
 
-Run: ``python bench/bench_health.py [--runs 10] [--delay 0.3]``. Prints medians for the psql
-and psycopg paths and the floor next to re-measured anchors; writes bench/results-health.json.
+Run: ``python bench/bench_health.py [--runs 10] [--delay 0.3]``. Prints medians for the wire
+(envkit's own client) and psycopg paths and the floor next to re-measured anchors; writes
+bench/results-health.json.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any
 from envkit import lifecycle
 from envkit.health import PostgresProbe, wait_until_healthy
 from envkit.osuser import server_user
-from envkit.pgserver import PgInstall, PgServer, psql_path, run_psql, stop_server
+from envkit.pgserver import PgInstall, PgServer, stop_server
 from envkit.providers.local import Layout, LocalProvider
 from envkit.settings import Settings
 from envkit.state import Record
@@ -175,19 +176,17 @@ def summarise(values: list[float]) -> dict[str, float]:
 
 
 def anchors(record: Record, runs: int) -> dict[str, float]:
-    """Re-measured raw costs of one healthy check, per path (ms, medians)."""
+    """Re-measured raw costs of one healthy check, per path (ms, medians); ``psql`` spawned
+    per check is what envkit's wire client replaced."""
     import psycopg
 
     url = record.outputs["DATABASE_URL"]
-    psql = psql_path(PgInstall(Path(record.resources["bindir"])))
-    assert psql is not None
-    conninfo = {
-        "host": record.outputs["DATABASE_HOST"],
-        "port": record.outputs["DATABASE_PORT"],
-        "user": record.outputs["DATABASE_USER"],
-        "dbname": record.outputs["DATABASE_NAME"],
-    }
-    password = record.outputs["DATABASE_PASSWORD"]
+    psql = PgInstall(Path(record.resources["bindir"])).binary("psql")
+    out = record.outputs
+    psql_argv = [str(psql), "-X", "-q", "-A", "-t", "-h", out["DATABASE_HOST"], "-p",
+                 out["DATABASE_PORT"], "-U", out["DATABASE_USER"], "-d", out["DATABASE_NAME"],
+                 "-c", "SELECT 1"]
+    psql_env = {"PATH": os.environ.get("PATH", ""), "PGPASSWORD": out["DATABASE_PASSWORD"]}
 
     def timed(fn: Any) -> float:
         samples = []
@@ -204,10 +203,10 @@ def anchors(record: Record, runs: int) -> dict[str, float]:
     return {
         "psycopg_connect_select1_ms": timed(with_psycopg),
         "psql_spawn_select1_ms": timed(
-            lambda: run_psql(psql, conninfo, "SELECT 1;", password=password)
+            lambda: subprocess.run(psql_argv, env=psql_env, capture_output=True, check=True)
         ),
         "probe_psycopg_healthy_ms": timed(PostgresProbe(url, client="psycopg").check),
-        "probe_psql_healthy_ms": timed(PostgresProbe(url, psql=psql, client="psql").check),
+        "probe_wire_healthy_ms": timed(PostgresProbe(url, client="wire").check),
     }
 
 
@@ -243,7 +242,7 @@ def main() -> None:
         declared = LocalProvider(settings).probes(record)[0]
         assert isinstance(declared, PostgresProbe)
         waits = {
-            "psql": envkit_wait(replace(declared, client="psql")),
+            "wire": envkit_wait(replace(declared, client="wire")),
             "psycopg": envkit_wait(replace(declared, client="psycopg")),
             "floor": connect_loop(record.outputs["DATABASE_URL"]),
         }
@@ -254,7 +253,7 @@ def main() -> None:
         for name, runs in samples.items():
             results["paths"][name] = {key: summarise([s[key] for s in runs]) for key in runs[0]}
         floor = results["paths"]["floor"]["lag_after_ready_ms"]["median"]
-        for name in ("psql", "psycopg"):
+        for name in ("wire", "psycopg"):
             # What envkit's probe adds on top of the floor (same run, same restarts).
             results["paths"][name]["over_floor_ms"] = round(
                 results["paths"][name]["lag_after_ready_ms"]["median"] - floor, 2
@@ -268,7 +267,7 @@ def main() -> None:
                 "anchor": "floor: bare psycopg connect loop, same restarts",
                 "anchor_value": round(floor / 1000, 4),
             }
-            for name in ("psycopg", "psql")
+            for name in ("wire", "psycopg")
         ]
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
         report(results)

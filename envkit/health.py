@@ -15,16 +15,13 @@ inside the check). :func:`probe_from_spec` builds one from an environment spec's
 from __future__ import annotations
 
 import base64
-import errno
 import json
 import logging
 import os
 import re
 import signal
 import socket
-import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -387,7 +384,6 @@ _FATAL_TEXT = (
     "permission denied",
     "no password supplied",
 )
-_SQLSTATE_IN_TEXT = re.compile(r"\b(?:ERROR|FATAL):\s+([0-9A-Z]{5}):")
 
 
 def _text_is_transient(text: str) -> bool:
@@ -445,82 +441,16 @@ def _resolve(host: str, port: int, timeout: float) -> tuple[str, int]:
     raise TimeoutError(f"no DNS answer for {host} within {timeout:g}s")
 
 
-def pg_startup_refusal(
-    address: tuple[str, int], user: str, dbname: str, timeout: float
-) -> str | None:
-    """Send a bare v3 startup packet; the server's message when it says "not now" (starting
-    up, shutting down, too many clients), else ``None`` (it went on to authentication).
-
-    No password is sent: the server answers with an authentication request, and hanging up
-    there is what psql does before prompting, so the server logs nothing.
-    """
-    params = b"user\0" + user.encode() + b"\0database\0" + dbname.encode() + b"\0\0"
-    packet = struct.pack("!ii", 8 + len(params), 196608) + params  # protocol 3.0
-    with socket.create_connection(address, timeout=timeout) as sock:
-        sock.sendall(packet)
-        head = _recv_exactly(sock, 5)
-        if head[:1] != b"E":
-            return None
-        (length,) = struct.unpack("!i", head[1:5])
-        body = _recv_exactly(sock, min(max(length - 4, 0), 8192))
-    fields = {chunk[:1]: chunk[1:].decode(errors="replace") for chunk in body.split(b"\0") if chunk}
-    if fields.get(b"C") in _TRANSIENT_SQLSTATES:
-        return fields.get(b"M") or "the server cannot accept connections yet"
-    return None  # anything else: let the real client report it
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionResetError(errno.ECONNRESET, "server closed the connection")
-        data += chunk
-    return data
-
-
-_psycopg_imported = threading.Event()
-_psycopg_import_started = threading.Lock()  # taken once, never released
-
-
-def import_psycopg_in_background() -> None:
-    """Start importing psycopg (~0.1 s) in a daemon thread, once per process."""
-    if not _psycopg_import_started.acquire(blocking=False):
-        return
-
-    def load() -> None:
-        try:
-            import psycopg  # noqa: F401
-        except ImportError:
-            return
-        _psycopg_imported.set()
-
-    threading.Thread(target=load, daemon=True, name="import-psycopg").start()
-
-
-def psycopg_ready() -> bool:
-    """Whether psycopg can be used without waiting for its import: imported by our background
-    thread, or by anyone else (a half-done import of ours is still in ``sys.modules``)."""
-    if _psycopg_imported.is_set():
-        return True
-    return "psycopg" in sys.modules and not _psycopg_import_started.locked()
-
-
 @dataclass
 class PostgresProbe:
     """postgres: connect + ``SELECT 1``, and optionally a query that must return rows.
 
-    ``client``: ``psycopg``, ``psql`` (spawn the server's ``psql``: ~7 ms, but no ~0.1 s
-    ``import psycopg`` on the ``envkit up`` hot path) or ``auto``: psql when ``psql`` is given
-    and psycopg is not imported, until an attempt fails; then psycopg is imported in the
-    background and used once it is there, so a wait for a server that is still starting
-    detects it as fast as psycopg can (no ~7 ms spawn after it is ready).
-
-    On the psql path, a bare TCP connect (~50 µs) first answers "not listening yet", and after a
-    failed attempt a bare startup packet (~1 ms, no password, no client spawned) answers
-    "starting up", so psql runs only once the server can answer it. psycopg simply connects:
-    its failed connect costs what the bare packet does, and once the server is ready that same
-    attempt succeeds, one backend start sooner. A ``require_rows`` query failing with
+    ``client``: ``wire`` (envkit.wire: an in-process client in the standard library, ~1 ms of
+    CPU per check, no ~0.1 s ``import psycopg`` and no ~11 ms ``psql`` spawn on the ``envkit
+    up`` hot path), ``psycopg`` (TLS, any libpq option) or ``auto``: wire for a plain
+    ``postgresql://`` URL, psycopg for anything else (query parameters such as ``sslmode``,
+    key=value strings). Before connecting, a host name is resolved with a timeout (libpq's
+    and the socket module's lookups have none). A ``require_rows`` query failing with
     "relation/column does not exist" counts as "not yet" (migrations pending).
 
     ``pidfile``: the server's ``postmaster.pid``, when the prober can read it (the local
@@ -535,77 +465,49 @@ class PostgresProbe:
     name: str = "postgres"
     require_rows: str | None = None
     connect_timeout: float = 2.0
-    psql: Path | None = None
-    client: Literal["auto", "psql", "psycopg"] = "auto"
+    client: Literal["auto", "wire", "psycopg"] = "auto"
     max_delay: float = 0.003
     pidfile: Path | None = None
-    _failing: bool = field(default=False, init=False, repr=False, compare=False)
 
     def check(self) -> None:
         """Connect and run ``SELECT 1`` (and ``require_rows``)."""
         try:
-            self._precheck(seen_ready=self._server_status())
-            if self._use_psql():
-                self._check_with_psql()
+            self._server_status()
+            address = self._resolve()
+            if self._use_wire():
+                self._check_with_wire(address)
             else:
                 self._check_with_psycopg()
         except TransientError as exc:
-            self._failing = True
-            if self.client == "auto":
-                import_psycopg_in_background()
             raise TransientError(scrub(str(exc), [self._password()])) from None
         except ProbeError as exc:
             raise type(exc)(scrub(str(exc), [self._password()])) from None
-        self._failing = False
 
-    def _server_status(self) -> bool:
-        """Whether ``postmaster.pid`` says the server is ready; raises while it is missing or
-        says otherwise. ``False`` when there is no such file to read (the connect decides)."""
+    def _server_status(self) -> None:
+        """Raises while ``postmaster.pid`` is missing or does not say ready (when readable)."""
         if self.pidfile is None:
-            return False
+            return
         try:
             lines = self.pidfile.read_text().split("\n")
         except FileNotFoundError:
             raise TransientError(f"the server is not running (no {self.pidfile.name})") from None
         except OSError:
-            return False  # not ours to read
+            return  # not ours to read: the connect decides
         status = lines[7].strip() if len(lines) > 7 else ""
         if status not in ("ready", "standby"):  # standby: a hot standby takes connections too
             raise TransientError(f"the server is {status or 'starting'} ({self.pidfile.name})")
-        return True
 
-    def _precheck(self, *, seen_ready: bool = False) -> None:
-        """Cheap answers, before a psql spawn, to "not listening" and "starting up" (the
-        latter only when the pid file has not already said "ready")."""
+    def _resolve(self) -> tuple[str, int] | None:
+        """The address to connect to, looked up within ``connect_timeout`` (``None``: not a URL
+        with a TCP host; the client resolves it)."""
         parts = self._url()
         if parts is None or not parts.hostname or parts.hostname.startswith("/"):
-            return
+            return None
         host, port = parts.hostname, parts.port or 5432
-        if not self._use_psql():
-            # libpq's name lookup has no timeout of its own (a private RDS name on an offline
-            # runner blocks for seconds): look it up here, bounded; the connect answers the rest.
-            try:
-                _resolve(host, port, self.connect_timeout)
-            except OSError as exc:
-                raise TransientError(f"{host}:{port}: {exc.strerror or exc}") from None
-            return
-        if not self._failing or seen_ready:
-            refused = tcp_refusal(host, port, self.connect_timeout)
-            if refused is not None:
-                raise TransientError(refused)
-            return
         try:
-            address = _resolve(host, port, self.connect_timeout)
-            refusal = pg_startup_refusal(
-                address,
-                unquote(parts.username or ""),
-                unquote(parts.path.lstrip("/")) or unquote(parts.username or ""),
-                self.connect_timeout,
-            )
+            return _resolve(host, port, self.connect_timeout)
         except OSError as exc:
             raise TransientError(f"{host}:{port}: {exc.strerror or exc}") from None
-        if refusal is not None:
-            raise TransientError(refusal)
 
     def _url(self) -> Any:
         if not self.conninfo.startswith(("postgres://", "postgresql://")):
@@ -624,12 +526,46 @@ class PostgresProbe:
         found = re.search(r"password\s*=\s*(\S+)", self.conninfo)
         return found.group(1).strip("'") if found else ""
 
-    def _use_psql(self) -> bool:
-        if self.client == "psycopg" or self._url() is None:
-            return False
-        if self.client == "psql":
-            return True
-        return self.psql is not None and not psycopg_ready()
+    def _use_wire(self) -> bool:
+        if self.client != "auto":
+            return self.client == "wire"
+        parts = self._url()
+        return parts is not None and not parts.query and bool(parts.hostname)
+
+    def _check_with_wire(self, address: tuple[str, int] | None) -> None:
+        from envkit.wire import WireError, connect
+
+        parts = self._url()
+        if parts is None:
+            raise ProbeError("the wire client needs a postgresql:// URL")
+        host, port = address or (unquote(parts.hostname or "localhost"), parts.port or 5432)
+        user = unquote(parts.username or "")
+        try:
+            with connect(
+                host,
+                port,
+                user,
+                unquote(parts.path.lstrip("/")) or user,
+                password=self._password() or None,
+                timeout=self.connect_timeout,
+            ) as session:
+                session.query("SELECT 1")
+                if self.require_rows:
+                    try:
+                        rows = session.query(self.require_rows)
+                    except WireError as exc:
+                        if exc.sqlstate in _NOT_YET_SQLSTATES:
+                            raise TransientError(f"not yet: {exc}") from None
+                        raise PostgresProbeError(f"the readiness query failed: {exc}") from None
+                    if not rows:
+                        raise TransientError(f"query returned no rows: {self.require_rows}")
+        except WireError as exc:
+            where = f"{parts.hostname}:{port}"
+            if exc.sqlstate in _TRANSIENT_SQLSTATES:
+                raise TransientError(f"{where}: {exc}") from None
+            raise PostgresProbeError(f"{where}: {exc}") from None
+        except OSError as exc:  # refused, reset, timed out
+            raise TransientError(f"{parts.hostname}:{port}: {exc.strerror or exc}") from None
 
     def _check_with_psycopg(self) -> None:
         import psycopg
@@ -654,48 +590,6 @@ class PostgresProbe:
             if is_transient_pg_error(exc):
                 raise TransientError(describe(exc)) from None
             raise PostgresProbeError(describe(exc)) from None
-
-    def _check_with_psql(self) -> None:
-        from envkit.pgserver import run_psql
-
-        psql = self.psql or Path("psql")
-        parts = self._url()
-        conninfo = {
-            "host": parts.hostname,
-            "port": parts.port or 5432,
-            "user": unquote(parts.username or ""),
-            "dbname": unquote(parts.path.lstrip("/")) or unquote(parts.username or ""),
-        }
-        # VERBOSITY verbose puts the SQLSTATE in error messages, to classify like psycopg.
-        sql = "\\set VERBOSITY verbose\nSELECT 1;\n"
-        if self.require_rows:
-            sql += f"{self.require_rows.rstrip().rstrip(';')};\n"
-        try:
-            result = run_psql(
-                psql,
-                conninfo,
-                sql,
-                password=self._password() or None,
-                timeout=self.connect_timeout + 3,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise TransientError(f"psql timed out after {exc.timeout:.0f}s") from None
-        except OSError as exc:
-            raise PostgresProbeError(f"cannot run {psql}: {exc.strerror or exc}") from None
-        if result.returncode == 0:
-            if self.require_rows and len(result.stdout.split("\n", 1)[-1].strip()) == 0:
-                raise TransientError(f"query returned no rows: {self.require_rows}")
-            return
-        message = (result.stderr.strip().splitlines() or ["psql failed"])[-1]
-        message = message.removeprefix("psql: error: ")
-        if result.returncode == 3:  # connected; a statement (the readiness query) failed
-            state = _SQLSTATE_IN_TEXT.search(result.stderr)
-            if state and state.group(1) in _NOT_YET_SQLSTATES:
-                raise TransientError(f"not yet: {message}")
-            raise PostgresProbeError(f"the readiness query failed: {message}")
-        if _text_is_transient(result.stderr):
-            raise TransientError(message)
-        raise PostgresProbeError(message)
 
 
 # -- TCP, HTTP, command -----------------------------------------------------------------------

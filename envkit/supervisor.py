@@ -407,7 +407,7 @@ def provision_spec(
     from urllib.parse import urlsplit, urlunsplit
 
     from envkit.outputs import complete
-    from envkit.pgserver import _sql, psql_path
+    from envkit.pgserver import admin_sql
     from envkit.spec import database_statements
 
     spec = request.spec
@@ -419,7 +419,7 @@ def provision_spec(
     )
     if statements:
         try:
-            _sql(server.admin_conninfo(), statements, psql_path(server.install))
+            admin_sql(server.admin_conninfo(), statements)
         except Exception as exc:
             raise ProvisionError(
                 f"Creating the databases of {spec.source} failed: "

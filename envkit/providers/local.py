@@ -35,7 +35,6 @@ from envkit.pgserver import (
     kill_group,
     make_socket_dir,
     postmaster_pid,
-    psql_path,
     socket_dir,
     stop_server,
     wait_gone,
@@ -256,16 +255,10 @@ class LocalProvider:
         url = record.outputs.get("DATABASE_URL")
         if not url:
             return []
-        psql = (
-            psql_path(PgInstall(Path(record.resources["bindir"])))
-            if record.resources.get("bindir")
-            else None
-        )
         probes: list[Probe] = [
             PostgresProbe(
                 url,
                 component="database",
-                psql=psql,
                 pidfile=self.layout.pgdata(record.pipeline_id) / "postmaster.pid",
                 max_delay=0.001,
             )

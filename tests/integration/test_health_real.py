@@ -32,15 +32,15 @@ from envkit.health import (
     wait_until_healthy,
 )
 from envkit.osuser import server_user
-from envkit.pgserver import PgInstall, PgServer, psql_path, stop_server, wait_gone
+from envkit.pgserver import PgInstall, PgServer, stop_server, wait_gone
 from envkit.providers.local import Layout
 from envkit.settings import Settings
 from envkit.state import Record
 
 pytestmark = pytest.mark.integration
 
-Client = Literal["psql", "psycopg"]
-CLIENTS: list[Client] = ["psql", "psycopg"]
+Client = Literal["wire", "psycopg"]
+CLIENTS: list[Client] = ["wire", "psycopg"]
 
 
 def up(settings: Settings, pipeline_id: str) -> Record:
@@ -48,10 +48,7 @@ def up(settings: Settings, pipeline_id: str) -> Record:
 
 
 def probe(record: Record, client: Client, url: str | None = None) -> PostgresProbe:
-    bindir = PgInstall(Path(record.resources["bindir"]))
-    return PostgresProbe(
-        url or record.outputs["DATABASE_URL"], psql=psql_path(bindir), client=client
-    )
+    return PostgresProbe(url or record.outputs["DATABASE_URL"], client=client)
 
 
 def with_url(url: str, *, password: str | None = None, dbname: str | None = None) -> str:
@@ -104,27 +101,22 @@ def test_postgres_started_after_a_delay_is_detected(settings: Settings, client: 
 
 AUTO_WAIT = """
 import json, os, sys
-from pathlib import Path
 from envkit.health import PostgresProbe, wait_until_healthy
-assert "psycopg" not in sys.modules
-probe = PostgresProbe(os.environ["PROBE_URL"], psql=Path(sys.argv[1]), client="auto")
-first_client = "psql" if probe._use_psql() else "psycopg"
+probe = PostgresProbe(os.environ["PROBE_URL"], client="auto")
 report = wait_until_healthy([probe], timeout=30)
 print(json.dumps({"ok": report.ok, "attempts": report.results[0].attempts,
-                  "first": first_client, "psycopg": "psycopg" in sys.modules}))
+                  "wire": probe._use_wire(), "psycopg": "psycopg" in sys.modules}))
 """
 
 
-def test_auto_client_switches_to_psycopg_while_waiting(settings: Settings) -> None:
-    """In a fresh process: psql while psycopg is not imported; once an attempt fails, psycopg is
-    imported in the background and the wait ends on it (no psql spawn after ready)."""
+def test_auto_client_waits_on_the_wire_client_without_psycopg(settings: Settings) -> None:
+    """In a fresh process, ``auto`` waits for a plain URL with envkit's own client: psycopg
+    (~0.1 s to import) is never loaded."""
     record = up(settings, "late-auto")
-    psql = psql_path(PgInstall(Path(record.resources["bindir"])))
-    assert psql is not None
     starter = restart_later(settings, record, delay=0.6)
     try:
         done = subprocess.run(
-            [sys.executable, "-c", AUTO_WAIT, str(psql)],
+            [sys.executable, "-c", AUTO_WAIT],
             env={**os.environ, "PROBE_URL": record.outputs["DATABASE_URL"]},
             capture_output=True,
             text=True,
@@ -135,7 +127,7 @@ def test_auto_client_switches_to_psycopg_while_waiting(settings: Settings) -> No
         starter.join(30)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result == {"ok": True, "attempts": result["attempts"], "first": "psql", "psycopg": True}
+    assert result == {"ok": True, "attempts": result["attempts"], "wire": True, "psycopg": False}
     assert result["attempts"] > 3
     assert record.outputs["DATABASE_PASSWORD"] not in done.stdout + done.stderr
 
