@@ -2,7 +2,7 @@
 
 Each template ``<root>/<key>`` has a pool ``<root>/<key>.spares/``: complete copies named
 ``spare-*``, claimed by ``checkout`` with an atomic ``rename`` (two racing claimers cannot get
-the same one), and topped up afterwards by a detached, niced shell that holds the pool's
+the same one), and topped up afterwards by a detached, idle-priority shell that holds the pool's
 ``.refill.lock``. A copy is ~32 MB in RAM, so the pool is small by default and grows with
 demand: every ``up`` that found it empty (and so copied the template on its own critical path)
 appends one byte to ``.misses``, and the refill target is ``SPARES`` plus those misses, up to
@@ -38,21 +38,31 @@ DEMAND_MEMORY = 3600.0
 MAX_SHARE_OF_FREE = 0.25
 """A pool never grows into more than this share of the free space of its file system."""
 
-# Runs detached and niced, holding the refill lock through a descriptor inherited from the
-# caller, which took it. A shell costs ~1 ms of CPU to start where a Python interpreter costs
-# ~70 ms, which eight parallel ups on two cores feel. Spare names are unique per (caller pid,
-# nonce), so a reused pid never meets an old spare.
+# Runs detached at idle priority (background_priority), holding the refill lock through a
+# descriptor inherited from the caller, which took it. A shell costs ~1 ms of CPU to start
+# where a Python interpreter costs ~70 ms, which eight parallel ups on two cores feel. Spare
+# names are unique per (caller pid, nonce), so a reused pid never meets an old spare.
+# Arguments: the pool, the template, the target when started, a unique nonce, the base size
+# and the cap. The target is re-read every round (misses recorded after the start count, and so
+# do spares claimed meanwhile), so a burst of ups that each found the lock held and left the
+# refill to the one running is still served in full once it ends.
 _REFILL = rf"""
 cd "$1" || exit 0
 rm -rf .tmp-*
-ready=0
-for name in *; do [ -e "$name" ] && ready=$((ready + 1)); done
 i=0
-while [ "$ready" -lt "$3" ]; do
+while :; do
+  ready=0
+  for name in *; do [ -e "$name" ] && ready=$((ready + 1)); done
+  want=$3
+  if [ -s .misses ]; then
+    grown=$(( $5 + $(wc -c < .misses) ))
+    [ "$grown" -gt "$want" ] && want=$grown
+  fi
+  [ "$want" -gt "$6" ] && want=$6
+  [ "$ready" -lt "$want" ] || break
   tmp=".tmp-$4-$i"
   if ! {" ".join(COPY_COMMAND)} "$2" "$tmp"; then rm -rf "$tmp"; exit 1; fi
   mv -T "$tmp" "spare-$4-$i" || {{ rm -rf "$tmp"; exit 1; }}
-  ready=$((ready + 1))
   i=$((i + 1))
 done
 """
@@ -77,8 +87,8 @@ def checkout(template: Path, datadir: Path) -> bool:
     """Give ``datadir`` a fresh copy of ``template``; whether a ready spare was used.
 
     Without one the template is copied here, and the miss is recorded so the pool grows.
-    Either way a detached, niced process then tops the pool up, off the critical path of this
-    and the next ``up``.
+    Either way a detached, idle-priority process then tops the pool up, off the critical path
+    of this and the next ``up``.
     """
     spares = spares_dir(template)
     claimed = False
@@ -158,7 +168,7 @@ def template_bytes(template: Path, spares: Path) -> int:
 
 
 def refill(template: Path, want: int | None = None) -> bool:
-    """Start a detached, niced shell that copies ``template`` until the pool holds ``want``
+    """Start a detached, idle-priority shell that copies ``template`` until the pool holds ``want``
     (default: ``wanted``, within what the file system can take); whether one was started (not
     when a refill already running holds the lock: it tops up for us too). The lock is taken
     here and handed down, so it is held from this moment on."""
@@ -170,16 +180,19 @@ def refill(template: Path, want: int | None = None) -> bool:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
+        have = len(ready(spares))
+        room = have + affordable(template, spares)
         if want is None:
             want = wanted(spares)
-            have = len(ready(spares))
-            if want > have:
-                want = have + min(want - have, affordable(template, spares))
+            if want == SPARES:  # no burst remembered: count the misses of the next one afresh
+                (spares / ".misses").unlink(missing_ok=True)
+            cap = min(MAX_SPARES, room)  # misses recorded while this refill runs grow it
+        else:
+            cap = want
+        want = min(want, max(room, have))
         subprocess.Popen(
             [
-                "nice",
-                "-n",
-                "19",
+                *background_priority(),
                 "sh",
                 "-c",
                 _REFILL,
@@ -188,6 +201,8 @@ def refill(template: Path, want: int | None = None) -> bool:
                 str(template),
                 str(want),
                 f"{os.getpid()}-{time.time_ns():x}",
+                str(SPARES),
+                str(max(cap, want)),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -199,6 +214,17 @@ def refill(template: Path, want: int | None = None) -> bool:
         return True
     finally:
         os.close(lock)  # the shell's inherited descriptor keeps the lock until it exits
+
+
+def background_priority() -> list[str]:
+    """The command prefix that runs a refill only on CPU nobody else wants: ``SCHED_IDLE``
+    (``chrt --idle 0``) where util-linux has it, else ``nice -n 19``. A niced task still takes
+    its slices whenever a busy process sleeps a moment; during eight parallel ups that was
+    the refill copying eight spares, ~15 % of the burst's CPU (measured with cpuacct). An
+    idle-class task yields to any runnable task at once, so the copies wait for the burst to
+    end. (It can wait indefinitely on a saturated machine: ups then copy for themselves.)"""
+    chrt = shutil.which("chrt")
+    return [chrt, "--idle", "0"] if chrt else ["nice", "-n", "19"]
 
 
 def trim(template: Path, *, dry_run: bool = False) -> list[str]:
