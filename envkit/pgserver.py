@@ -400,7 +400,8 @@ def admin_sql(conninfo: dict[str, Any], statements: list[str]) -> None:
             str(conninfo["dbname"]),
             timeout=10.0,
         ) as session:
-            session.query(";\n".join(statements))
+            for statement in statements:  # one at a time: CREATE DATABASE refuses a block
+                session.query(statement)
     except (WireError, OSError) as exc:
         raise ProvisionError(f"SQL on the new server failed: {exc}") from None
 
