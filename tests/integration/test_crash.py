@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import kill_processes_under
 
 from envkit import lifecycle
 from envkit.providers.local import Layout
@@ -43,15 +44,24 @@ def envkit(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def empty_spares(settings: Settings) -> None:
-    """Remove the ready spare copies (waiting for a running refill), so the next up copies."""
+    """Remove the ready spare copies and the pool's demand record, so the next up copies. A
+    refill still running is stopped, not waited for: it waits for a quiet machine first."""
     templates = Layout.for_settings(settings).templates
     for spares in templates.glob("*.spares"):
         lock = os.open(spares / ".refill.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                kill_processes_under(str(spares))
+                fcntl.flock(lock, fcntl.LOCK_EX)
             for child in spares.iterdir():
-                if not child.name.startswith(".refill"):
+                if child.name.startswith(".refill"):
+                    continue
+                if child.is_dir():
                     shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
         finally:
             os.close(lock)
 
