@@ -85,7 +85,7 @@ def stop_refills(data: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="rounds per figure (median)")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds per figure (median)")
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--reap", type=int, default=50, help="expired environments to reap")
     args = parser.parse_args()
