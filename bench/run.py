@@ -96,7 +96,7 @@ def run_bench(name: str, timeout: float, env: dict[str, str]) -> tuple[bool, flo
 
 def unit_of(key: str) -> tuple[str, float] | None:
     """(unit, factor to that unit) from a key's suffix, or None when it is not a figure."""
-    if key.endswith("rows_s"):
+    if key.endswith("rows_s") or "rows_per_" in key:  # rows per (CPU) second
         return "rows/s", 1.0
     if key.endswith("_ms"):
         return "s", 0.001
