@@ -447,9 +447,9 @@ class PostgresProbe:
 
     ``client``: ``wire`` (envkit.wire: an in-process client in the standard library, ~1 ms of
     CPU per check, no ~0.1 s ``import psycopg`` and no ~11 ms ``psql`` spawn on the ``envkit
-    up`` hot path), ``psycopg`` (TLS, any libpq option) or ``auto``: wire for a plain
-    ``postgresql://`` URL, psycopg for anything else (query parameters such as ``sslmode``,
-    key=value strings). Before connecting, a host name is resolved with a timeout (libpq's
+    up`` hot path), ``psycopg`` (TLS, .pgpass, any libpq option) or ``auto``: wire for the
+    local provider's own servers (a ``pidfile`` and a plain ``postgresql://user:pw@host`` URL),
+    psycopg for anything else. Before connecting, a host name is resolved with a timeout (libpq's
     and the socket module's lookups have none). A ``require_rows`` query failing with
     "relation/column does not exist" counts as "not yet" (migrations pending).
 
@@ -529,8 +529,15 @@ class PostgresProbe:
     def _use_wire(self) -> bool:
         if self.client != "auto":
             return self.client == "wire"
+        # envkit's own servers only (the provider hands over their pid file): anything else may
+        # need what only libpq has (TLS, .pgpass, PG* variables, a default user).
         parts = self._url()
-        return parts is not None and not parts.query and bool(parts.hostname)
+        return (
+            self.pidfile is not None
+            and parts is not None
+            and not parts.query
+            and bool(parts.hostname and parts.username and parts.password)
+        )
 
     def _check_with_wire(self, address: tuple[str, int] | None) -> None:
         from envkit.wire import WireError, connect

@@ -5,9 +5,11 @@
 (SCRAM-SHA-256) to check it is healthy. Spawning ``psql`` for each cost ~11 ms of CPU more than
 an in-process client (measured: 16.3 against 5.6 ms per connect + ``SELECT 1``, backend
 included), and importing psycopg costs ~0.1 s: on two cores running eight ups at once, both
-show. This module speaks just enough of the protocol for that: startup, trust / cleartext / MD5
-/ SCRAM-SHA-256 authentication (the server's signature is verified), the simple query protocol,
-and errors with their SQLSTATE. No TLS: servers that need it are reached with psycopg.
+show. This module speaks just enough of the protocol for that: startup, trust or SCRAM-SHA-256
+authentication (the server must prove it knows the password before it is believed; cleartext and
+MD5 requests are refused, as they would hand the password to whatever listens on the port), the
+simple query protocol, and errors with their SQLSTATE. No TLS: other servers are reached with
+psycopg (envkit.health picks this client only for the local provider's own servers).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 PROTOCOL = 196608  # 3.0
+MAX_MESSAGE = 1 << 30  # PostgreSQL's own limit on a message
 
 Row = list[str | None]
 
@@ -58,6 +61,8 @@ class Session:
     def _receive(self) -> tuple[bytes, bytes]:
         head = self._read(5)
         (length,) = struct.unpack("!i", head[1:5])
+        if not 4 <= length <= MAX_MESSAGE:
+            raise WireError(f"not a PostgreSQL server (message length {length})", "08P01")
         return head[:1], self._read(length - 4)
 
     # -- queries ----------------------------------------------------------------------------------
@@ -68,11 +73,18 @@ class Session:
         rows: list[Row] = []
         error: WireError | None = None
         while True:
-            kind, body = self._receive()
+            try:
+                kind, body = self._receive()
+            except WireError:
+                if error is not None:  # a FATAL error, then the server hung up: say why
+                    raise error from None
+                raise
             if kind == b"D":
                 rows.append(_data_row(body))
             elif kind == b"E" and error is None:
                 error = _error(body)
+            elif kind in (b"G", b"W"):  # COPY FROM STDIN: nothing to send, refuse it
+                self._send(b"c" if kind == b"W" else b"f", b"" if kind == b"W" else b"no data\0")
             elif kind == b"Z":
                 if error is not None:
                     raise error
@@ -142,17 +154,17 @@ def _start(
         if kind != b"R":
             continue  # ParameterStatus, BackendKeyData, NoticeResponse
         (code,) = struct.unpack("!i", body[:4])
-        if code == 0:
-            continue  # AuthenticationOk; ReadyForQuery follows
+        if code == 0:  # AuthenticationOk; ReadyForQuery follows
+            if scram is not None and not scram.verified:
+                raise WireError("SCRAM: the server skipped proving it knows the password")
+            continue
         if password is None:
             raise WireError("the server asks for a password and none was given", "28P01")
-        if code == 3:  # cleartext
-            session._send(b"p", password.encode() + b"\0")
-        elif code == 5:  # MD5
-            inner = hashlib.md5(password.encode() + user.encode()).hexdigest()  # noqa: S324
-            outer = hashlib.md5(inner.encode() + body[4:8]).hexdigest()  # noqa: S324
-            session._send(b"p", b"md5" + outer.encode() + b"\0")
-        elif code == 10:  # SASL: the mechanisms offered
+        if code in (3, 5):
+            # Cleartext or MD5: envkit's servers never ask for them, and answering would hand
+            # the password (or a replayable hash) to whatever listens on that port.
+            raise WireError("the server asks for a cleartext or MD5 password; refused", "28000")
+        if code == 10:  # SASL: the mechanisms offered
             if b"SCRAM-SHA-256\0" not in body[4:]:
                 raise WireError("the server offers no SASL mechanism envkit speaks")
             scram = _Scram(password)
@@ -176,16 +188,20 @@ class _Scram:
         self._nonce = base64.b64encode(os.urandom(18)).decode()
         self._first_bare = f"n=,r={self._nonce}"
         self._server_signature = b""
+        self.verified = False
 
     def client_first(self) -> bytes:
         return f"n,,{self._first_bare}".encode()
 
     def client_final(self, server_first: bytes) -> bytes:
-        text = server_first.decode()
-        fields = dict(part.split("=", 1) for part in text.split(","))
-        nonce, salt, rounds = fields["r"], base64.b64decode(fields["s"]), int(fields["i"])
-        if not nonce.startswith(self._nonce):
-            raise WireError("SCRAM: the server's nonce does not extend ours")
+        try:
+            text = server_first.decode()
+            fields = dict(part.split("=", 1) for part in text.split(","))
+            nonce, salt, rounds = fields["r"], base64.b64decode(fields["s"]), int(fields["i"])
+        except (ValueError, KeyError, UnicodeDecodeError) as exc:
+            raise WireError(f"SCRAM: malformed server-first message ({exc})") from None
+        if not nonce.startswith(self._nonce) or len(nonce) <= len(self._nonce) or rounds < 1:
+            raise WireError("SCRAM: the server's nonce or round count is not acceptable")
         salted = hashlib.pbkdf2_hmac("sha256", self._password, salt, rounds)
         client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
         stored_key = hashlib.sha256(client_key).digest()
@@ -198,11 +214,16 @@ class _Scram:
         return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
 
     def verify_server(self, server_final: bytes) -> None:
-        fields = dict(part.split("=", 1) for part in server_final.decode().split(","))
-        if "v" not in fields or not hmac.compare_digest(
-            base64.b64decode(fields["v"]), self._server_signature
+        try:
+            fields = dict(part.split("=", 1) for part in server_final.decode().split(","))
+            signature = base64.b64decode(fields["v"])
+        except (ValueError, KeyError, UnicodeDecodeError):
+            signature = b""
+        if not self._server_signature or not hmac.compare_digest(
+            signature, self._server_signature
         ):
             raise WireError("SCRAM: the server's signature does not match")
+        self.verified = True
 
 
 def _data_row(body: bytes) -> Row:

@@ -102,7 +102,8 @@ def test_postgres_started_after_a_delay_is_detected(settings: Settings, client: 
 AUTO_WAIT = """
 import json, os, sys
 from envkit.health import PostgresProbe, wait_until_healthy
-probe = PostgresProbe(os.environ["PROBE_URL"], client="auto")
+from pathlib import Path
+probe = PostgresProbe(os.environ["PROBE_URL"], client="auto", pidfile=Path(sys.argv[1]))
 report = wait_until_healthy([probe], timeout=30)
 print(json.dumps({"ok": report.ok, "attempts": report.results[0].attempts,
                   "wire": probe._use_wire(), "psycopg": "psycopg" in sys.modules}))
@@ -110,13 +111,14 @@ print(json.dumps({"ok": report.ok, "attempts": report.results[0].attempts,
 
 
 def test_auto_client_waits_on_the_wire_client_without_psycopg(settings: Settings) -> None:
-    """In a fresh process, ``auto`` waits for a plain URL with envkit's own client: psycopg
-    (~0.1 s to import) is never loaded."""
+    """In a fresh process, ``auto`` waits for envkit's own server (its pid file given) with
+    envkit's own client: psycopg (~0.1 s to import) is never loaded."""
     record = up(settings, "late-auto")
+    pidfile = Layout.for_settings(settings).pgdata("late-auto") / "postmaster.pid"
     starter = restart_later(settings, record, delay=0.6)
     try:
         done = subprocess.run(
-            [sys.executable, "-c", AUTO_WAIT],
+            [sys.executable, "-c", AUTO_WAIT, str(pidfile)],
             env={**os.environ, "PROBE_URL": record.outputs["DATABASE_URL"]},
             capture_output=True,
             text=True,

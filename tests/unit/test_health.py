@@ -438,3 +438,13 @@ def test_postgres_probe_connects_once_the_pidfile_says_ready(tmp_path: Path) -> 
         )
         with pytest.raises(TransientError, match=r"refused|Connection"):
             probe.check()
+
+
+def test_auto_uses_envkit_client_only_for_envkit_servers(tmp_path: Path) -> None:
+    url = f"postgresql://app:{SECRET}@127.0.0.1:5432/app"
+    own = tmp_path / "postmaster.pid"
+    assert PostgresProbe(url, pidfile=own)._use_wire()
+    assert not PostgresProbe(url)._use_wire()  # someone else's server: libpq (TLS, .pgpass)
+    assert not PostgresProbe(f"{url}?sslmode=require", pidfile=own)._use_wire()
+    assert not PostgresProbe("postgresql://127.0.0.1/app", pidfile=own)._use_wire()
+    assert PostgresProbe(url, client="wire")._use_wire()

@@ -1,9 +1,10 @@
-"""envkit.wire against RFC 7677's SCRAM-SHA-256 example and a scripted fake server (MD5,
-cleartext, errors, rows); the real-server paths are in tests/integration/test_wire_real.py."""
+"""envkit.wire against RFC 7677's SCRAM-SHA-256 example and a scripted fake server (refused
+cleartext/MD5, a skipped SCRAM proof, errors, rows); real servers in
+tests/integration/test_wire_real.py."""
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import socket
 import struct
 import threading
@@ -96,17 +97,10 @@ def fake_server() -> Iterator[Callable[[Callable[[socket.socket], None]], int]]:
     assert not seen, seen
 
 
-def test_md5_login_then_rows_with_nulls(fake_server: Callable[..., int]) -> None:
+def test_trust_login_then_rows_with_nulls(fake_server: Callable[..., int]) -> None:
     def script(conn: socket.socket) -> None:
         _, startup = receive(conn, startup=True)
         assert b"user\0app\0" in startup and b"database\0db\0" in startup
-        conn.sendall(message(b"R", struct.pack("!i", 5) + b"salt"))
-        kind, body = receive(conn)
-        inner = hashlib.md5(b"s3cret" + b"app").hexdigest().encode()
-        assert (kind, body) == (
-            b"p",
-            b"md5" + hashlib.md5(inner + b"salt").hexdigest().encode() + b"\0",
-        )
         conn.sendall(AUTH_OK + message(b"S", b"server_version\x0015\0") + READY)
         kind, body = receive(conn)
         assert (kind, body) == (b"Q", b"SELECT 1\0")
@@ -116,29 +110,81 @@ def test_md5_login_then_rows_with_nulls(fake_server: Callable[..., int]) -> None
         assert receive(conn)[0] == b"X"
 
     port = fake_server(script)
-    with connect("127.0.0.1", port, "app", "db", password="s3cret") as session:
+    with connect("127.0.0.1", port, "app", "db") as session:
         assert session.query("SELECT 1") == [["1", None]]
 
 
-def test_cleartext_login_and_a_query_error_keeps_the_session(
+@pytest.mark.parametrize("code", [3, 5])
+def test_cleartext_and_md5_requests_are_refused(fake_server: Callable[..., int], code: int) -> None:
+    seen: list[bytes] = []
+
+    def script(conn: socket.socket) -> None:
+        receive(conn, startup=True)
+        conn.sendall(message(b"R", struct.pack("!i", code) + b"salt"[: 4 if code == 5 else 0]))
+        with contextlib.suppress(ConnectionError):
+            seen.append(receive(conn)[1])
+
+    port = fake_server(script)
+    with (
+        pytest.raises(WireError, match="refused"),
+        connect("127.0.0.1", port, "app", "db", password="s3cret"),
+    ):
+        pass
+    assert not any(b"s3cret" in data for data in seen)
+
+
+def test_a_server_that_skips_the_scram_proof_is_not_believed(
     fake_server: Callable[..., int],
 ) -> None:
     def script(conn: socket.socket) -> None:
         receive(conn, startup=True)
-        conn.sendall(message(b"R", struct.pack("!i", 3)))
-        assert receive(conn) == (b"p", b"pw\0")
+        conn.sendall(message(b"R", struct.pack("!i", 10) + b"SCRAM-SHA-256\0\0"))
+        receive(conn)  # the client-first message
+        conn.sendall(AUTH_OK + READY)  # "fine, you're in", without SASLContinue/SASLFinal
+
+    port = fake_server(script)
+    with (
+        pytest.raises(WireError, match="skipped"),
+        connect("127.0.0.1", port, "app", "db", password="pw"),
+    ):
+        pass
+
+
+def test_a_query_error_keeps_the_session_and_a_fatal_one_is_reported(
+    fake_server: Callable[..., int],
+) -> None:
+    def script(conn: socket.socket) -> None:
+        receive(conn, startup=True)
         conn.sendall(AUTH_OK + READY)
         receive(conn)
         conn.sendall(error("42P01", 'relation "t" does not exist') + READY)
         receive(conn)
         conn.sendall(message(b"C", b"SELECT 0\0") + READY)
+        receive(conn)
+        conn.sendall(error("57P01", "terminating connection due to administrator command"))
 
     port = fake_server(script)
-    with connect("127.0.0.1", port, "app", "db", password="pw") as session:
+    with connect("127.0.0.1", port, "app", "db") as session:
         with pytest.raises(WireError) as caught:
             session.query("SELECT * FROM t")
         assert caught.value.sqlstate == "42P01"
         assert session.query("SELECT 0") == []
+        with pytest.raises(WireError) as caught:
+            session.query("SELECT pg_sleep(10)")
+        assert caught.value.sqlstate == "57P01"
+
+
+def test_something_that_is_not_postgresql_is_refused(fake_server: Callable[..., int]) -> None:
+    def script(conn: socket.socket) -> None:
+        receive(conn, startup=True)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    port = fake_server(script)
+    with (
+        pytest.raises(WireError, match="not a PostgreSQL server"),
+        connect("127.0.0.1", port, "app", "db"),
+    ):
+        pass
 
 
 def test_startup_errors_and_missing_password(fake_server: Callable[..., int]) -> None:
