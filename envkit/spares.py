@@ -38,12 +38,14 @@ DEMAND_MEMORY = 3600.0
 MAX_SHARE_OF_FREE = 0.25
 """A pool never grows into more than this share of the free space of its file system."""
 
-# Runs detached at idle priority (background_priority), holding the refill lock through a
+# Runs detached at idle priority, holding the refill lock through a
 # descriptor inherited from the caller, which took it. A shell costs ~1 ms of CPU to start
 # where a Python interpreter costs ~70 ms, which eight parallel ups on two cores feel. Spare
 # names are unique per (caller pid, nonce), so a reused pid never meets an old spare.
-# Before each copy it waits (up to ~2 s) for the machine to be quiet: nothing else runnable in
-# two readings of /proc/loadavg 50 ms apart. Even at idle priority, copies made while ups run
+# It first moves itself (and so its cp) to SCHED_IDLE, or to nice 19 where that is refused or
+# util-linux lacks chrt. Before each copy it waits (up to ~2 s) for the machine to be quiet: at
+# most half the CPUs' worth of runnable tasks (itself included; 1 on two cores) in two readings
+# of /proc/loadavg 50 ms apart. Even at idle priority, copies made while ups run
 # slowed a burst of eight parallel ups by 18 % (1.055 -> 0.866 s with refills held, measured):
 # the copy's kernel work and memory traffic are not preempted the instant an up wakes.
 # Arguments: the pool, the template, the target when started, a unique nonce, the base size
@@ -51,11 +53,14 @@ MAX_SHARE_OF_FREE = 0.25
 # do spares claimed meanwhile), so a burst of ups that each found the lock held and left the
 # refill to the one running is still served in full once it ends.
 _REFILL = rf"""
+chrt --idle -p 0 $$ >/dev/null 2>&1 || renice -n 19 -p $$ >/dev/null 2>&1
+busy=$(( $(nproc 2>/dev/null || echo 2) / 2 ))
+[ "$busy" -ge 1 ] || busy=1
 quiet() {{
   calm=0; tries=0
   while [ "$calm" -lt 2 ] && [ "$tries" -lt 40 ]; do
     read -r l1 l5 l15 now rest < /proc/loadavg 2>/dev/null || return 0
-    if [ "${{now%/*}}" -le 1 ]; then calm=$((calm + 1)); else calm=0; fi
+    if [ "${{now%/*}}" -le "$busy" ]; then calm=$((calm + 1)); else calm=0; fi
     tries=$((tries + 1))
     sleep 0.05
   done
@@ -139,6 +144,7 @@ def note_demand(spares: Path, *, missed: bool) -> None:
                 os.write(fd, b".")
             finally:
                 os.close(fd)
+            os.utime(spares)  # a use, for reap's template TTL, even if no refill follows
         else:
             os.utime(path)
 
@@ -174,6 +180,8 @@ def template_bytes(template: Path, spares: Path) -> int:
         for folder, _, files in os.walk(template)
         for name in files
     )
+    if size == 0:  # the template is gone (pruned meanwhile): nothing worth remembering
+        return 1 << 40
     with contextlib.suppress(OSError):
         tmp = spares / f".bytes.{os.getpid()}"
         tmp.write_text(str(size))
@@ -202,11 +210,10 @@ def refill(template: Path, want: int | None = None) -> bool:
                 (spares / ".misses").unlink(missing_ok=True)
             cap = min(MAX_SPARES, room)  # misses recorded while this refill runs grow it
         else:
-            cap = want
+            cap = min(want, max(room, have))
         want = min(want, max(room, have))
         subprocess.Popen(
             [
-                *background_priority(),
                 "sh",
                 "-c",
                 _REFILL,
@@ -228,17 +235,6 @@ def refill(template: Path, want: int | None = None) -> bool:
         return True
     finally:
         os.close(lock)  # the shell's inherited descriptor keeps the lock until it exits
-
-
-def background_priority() -> list[str]:
-    """The command prefix that runs a refill only on CPU nobody else wants: ``SCHED_IDLE``
-    (``chrt --idle 0``) where util-linux has it, else ``nice -n 19``. A niced task still takes
-    its slices whenever a busy process sleeps a moment; during eight parallel ups that was
-    the refill copying eight spares, ~15 % of the burst's CPU (measured with cpuacct). An
-    idle-class task yields to any runnable task at once, so the copies wait for the burst to
-    end. (It can wait indefinitely on a saturated machine: ups then copy for themselves.)"""
-    chrt = shutil.which("chrt")
-    return [chrt, "--idle", "0"] if chrt else ["nice", "-n", "19"]
 
 
 def trim(template: Path, *, dry_run: bool = False) -> list[str]:

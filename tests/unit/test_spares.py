@@ -45,7 +45,7 @@ def ready(template: Path) -> list[str]:
     return pool.ready(spares_dir(template))
 
 
-def wait_for_refill(template: Path, timeout: float = 10.0) -> None:
+def wait_for_refill(template: Path, timeout: float = 60.0) -> None:
     """Until no refill holds the lock (the shell exits when it has topped up)."""
     deadline = time.monotonic() + timeout
     lock = os.open(spares_dir(template) / ".refill.lock", os.O_RDWR | os.O_CREAT, 0o600)
