@@ -191,10 +191,12 @@ def backoff_delay(attempt: int, *, first: float = FIRST_DELAY, cap: float = MAX_
 
 
 def probe_cap(probe: Probe, override: float | None = None) -> float:
-    """The backoff cap of ``probe``: the override, else its ``max_delay``, else the default."""
+    """The backoff cap of ``probe``: the override, else what its ``current_max_delay()`` says
+    now (a probe that learns how long to wait), else its ``max_delay``, else the default."""
     if override is not None:
         return override
-    cap = getattr(probe, "max_delay", None)
+    current = getattr(probe, "current_max_delay", None)
+    cap = current() if callable(current) else getattr(probe, "max_delay", None)
     return float(cap) if isinstance(cap, int | float) and cap > 0 else MAX_DELAY
 
 
@@ -222,8 +224,6 @@ def wait_until_healthy(
         return redact_text(scrub(text, secret_list))
 
     def run(probe: Probe, result: ProbeResult) -> None:
-        cap = probe_cap(probe, max_delay)
-
         def attempt() -> None:
             if stop_all.is_set():
                 return
@@ -248,7 +248,7 @@ def wait_until_healthy(
                 # tenacity is never imported, ~12 ms of CPU saved per process.
                 attempt()
             except TransientError:
-                retry(attempt, cap)
+                retry(attempt, probe)
         except TransientError:
             pass  # its last error is in the result
         except BaseException as exc:  # a bug in the probe machinery: report it, never hang
@@ -259,13 +259,14 @@ def wait_until_healthy(
         if result.ok:
             log.debug("%s (%s) ready after %.4fs", probe.component, probe.name, result.seconds)
 
-    def retry(attempt: Callable[[], None], cap: float) -> None:
+    def retry(attempt: Callable[[], None], probe: Probe) -> None:
         """Attempts 2, 3, …: tenacity, backing off from ``first_delay`` to ``cap``, stopping at
         the deadline or when another probe failed fatally."""
         import tenacity
 
         def delay_after(attempt_number: int) -> float:
             # Never sleep past the deadline: the last attempt happens right at it.
+            cap = probe_cap(probe, max_delay)  # asked every time: it may change
             delay = backoff_delay(attempt_number, first=first_delay, cap=cap)
             return max(0.0, min(delay, deadline - time.monotonic()))
 
@@ -468,17 +469,28 @@ class PostgresProbe:
     client: Literal["auto", "wire", "psycopg"] = "auto"
     max_delay: float = 0.003
     pidfile: Path | None = None
+    _refused_while_ready: bool = field(default=False, init=False, repr=False, compare=False)
+
+    def current_max_delay(self) -> float:
+        """``max_delay``, but at least 50 ms while the pid file says ready and connecting still
+        fails (a killed server leaves its pid file behind): no 1 ms spin on a dead server."""
+        return max(self.max_delay, 0.05) if self._refused_while_ready else self.max_delay
 
     def check(self) -> None:
         """Connect and run ``SELECT 1`` (and ``require_rows``)."""
+        self._refused_while_ready = False
         try:
             self._server_status()
+        except TransientError:
+            raise  # starting, stopping, not running: nothing secret in it
+        try:
             address = self._resolve()
             if self._use_wire():
                 self._check_with_wire(address)
             else:
                 self._check_with_psycopg()
         except TransientError as exc:
+            self._refused_while_ready = self.pidfile is not None
             raise TransientError(scrub(str(exc), [self._password()])) from None
         except ProbeError as exc:
             raise type(exc)(scrub(str(exc), [self._password()])) from None

@@ -438,6 +438,13 @@ def test_postgres_probe_connects_once_the_pidfile_says_ready(tmp_path: Path) -> 
         )
         with pytest.raises(TransientError, match=r"refused|Connection"):
             probe.check()
+        # Ready on paper, refused in fact (a killed server's leftover pid file): back off.
+        assert probe.current_max_delay() == 0.05
+        assert probe_cap(probe) == 0.05
+        _pidfile(tmp_path, "starting")
+        with pytest.raises(TransientError, match="starting"):
+            probe.check()
+        assert probe.current_max_delay() == probe.max_delay
 
 
 def test_auto_uses_envkit_client_only_for_envkit_servers(tmp_path: Path) -> None:
