@@ -24,6 +24,7 @@ can be touched. ``--provider aws`` hands the tag-based leak scan to :mod:`envkit
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -324,6 +325,20 @@ class Reaper:
             for scratch in templates.glob(".build-*"):
                 key = scratch.name[len(".build-") :].rsplit("-", 1)[0]
                 self._under_lock(templates / f"{key}.lock", [scratch], "template build")
+        for doomed in layout.data_root.glob(".reap-h-*"):  # a reap killed while deleting one
+            with contextlib.suppress(ValueError):
+                if not process_alive(int(doomed.name.rsplit("-", 1)[1]), {}):
+                    if not self.dry_run:
+                        _kill_marked(str(doomed) + os.sep)
+                        shutil.rmtree(doomed, ignore_errors=True)
+                    self.report.reaped.append(
+                        {
+                            "pipeline_id": None,
+                            "kind": "orphaned-home",
+                            "resource": str(doomed),
+                            "reason": "left half-deleted by a reap that died",
+                        }
+                    )
         book = layout.addresses
         for tmp, writer in book.unfinished().items():
             since = _mtime(tmp)
@@ -511,11 +526,20 @@ class Reaper:
             return  # keep the directory (and its marker) for the next reap to retry
         entry["reason"] = gone
         if not self.dry_run:
+            # Out of the way first, then look again: an `up` in a home recreated at this moment
+            # makes a new h-dir instead of writing into one being deleted.
+            doomed = h_dir.with_name(f".reap-{h_dir.name}-{os.getpid()}")
+            try:
+                os.rename(h_dir, doomed)
+            except OSError:
+                return  # gone already, or not ours to move: the next reap looks again
             if home_exists(home):  # recreated while we worked: leave what is left alone
+                with contextlib.suppress(OSError):
+                    os.rename(doomed, h_dir)
                 entry["reason"] = f"home {home} reappeared during the reap"
                 self.report.kept.append(entry)
                 return
-            shutil.rmtree(h_dir)
+            shutil.rmtree(doomed, ignore_errors=True)
         self.report.reaped.append(entry)
 
     def _unmarked_home(self, h_dir: Path) -> None:
