@@ -325,20 +325,8 @@ class Reaper:
             for scratch in templates.glob(".build-*"):
                 key = scratch.name[len(".build-") :].rsplit("-", 1)[0]
                 self._under_lock(templates / f"{key}.lock", [scratch], "template build")
-        for doomed in layout.data_root.glob(".reap-h-*"):  # a reap killed while deleting one
-            with contextlib.suppress(ValueError):
-                if not process_alive(int(doomed.name.rsplit("-", 1)[1]), {}):
-                    if not self.dry_run:
-                        _kill_marked(str(doomed) + os.sep)
-                        shutil.rmtree(doomed, ignore_errors=True)
-                    self.report.reaped.append(
-                        {
-                            "pipeline_id": None,
-                            "kind": "orphaned-home",
-                            "resource": str(doomed),
-                            "reason": "left half-deleted by a reap that died",
-                        }
-                    )
+        for doomed in layout.data_root.glob(".reap-h-*"):
+            self._half_deleted(doomed, "orphaned-home")
         book = layout.addresses
         for tmp, writer in book.unfinished().items():
             since = _mtime(tmp)
@@ -590,7 +578,7 @@ class Reaper:
             if path.name.startswith("pg-"):
                 names.setdefault(path.name.split(".", 1)[0], []).append(path)
             elif path.name.startswith(".prune-"):
-                self._half_pruned(path)
+                self._half_deleted(path, "template")
         used = {name: _template_used(paths) for name, paths in names.items()}
         for name in sorted(names):
             last = max(
@@ -660,17 +648,19 @@ class Reaper:
         finally:
             lock.release(unlink=pruned)
 
-    def _half_pruned(self, path: Path) -> None:
-        """A ``.prune-*`` directory left by a reap killed while deleting a template."""
+    def _half_deleted(self, path: Path, kind: str) -> None:
+        """A directory a reap renamed aside (``.prune-*`` template, ``.reap-h-*`` home) to
+        delete, named after its pid, left behind because that reap was killed."""
         pid = path.name.rsplit("-", 1)[-1]
         if pid.isdigit() and process_alive(int(pid), {}):
             return
         if not self.dry_run:
+            _kill_marked(str(path) + os.sep)
             shutil.rmtree(path, ignore_errors=True)
         self.report.reaped.append(
             {
                 "pipeline_id": None,
-                "kind": "template",
+                "kind": kind,
                 "resource": str(path),
                 "reason": "left half-deleted by a reap that was killed",
             }
