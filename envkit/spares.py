@@ -189,11 +189,11 @@ def template_bytes(template: Path, spares: Path) -> int:
     return size
 
 
-def refill(template: Path, want: int | None = None) -> bool:
-    """Start a detached, idle-priority shell that copies ``template`` until the pool holds ``want``
-    (default: ``wanted``, within what the file system can take); whether one was started (not
-    when a refill already running holds the lock: it tops up for us too). The lock is taken
-    here and handed down, so it is held from this moment on."""
+def refill(template: Path) -> bool:
+    """Start a detached, idle-priority shell that copies ``template`` until the pool holds what
+    ``wanted`` says (within what the file system can take); whether one was started (not when a
+    refill already running holds the lock: it tops up for us too). The lock is taken here and
+    handed down, so it is held from this moment on."""
     spares = spares_dir(template)
     spares.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = os.open(spares / ".refill.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -202,16 +202,12 @@ def refill(template: Path, want: int | None = None) -> bool:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
-        have = len(ready(spares))
-        room = have + affordable(template, spares)
-        if want is None:
-            want = wanted(spares)
-            if want == SPARES:  # no burst remembered: count the misses of the next one afresh
-                (spares / ".misses").unlink(missing_ok=True)
-            cap = min(MAX_SPARES, room)  # misses recorded while this refill runs grow it
-        else:
-            cap = min(want, max(room, have))
-        want = min(want, max(room, have))
+        room = len(ready(spares)) + affordable(template, spares)
+        want = wanted(spares)
+        if want == SPARES:  # no burst remembered: count the misses of the next one afresh
+            (spares / ".misses").unlink(missing_ok=True)
+        cap = min(MAX_SPARES, room)  # misses recorded while this refill runs grow it up to this
+        want = min(want, room)
         subprocess.Popen(
             [
                 "sh",
@@ -223,7 +219,7 @@ def refill(template: Path, want: int | None = None) -> bool:
                 str(want),
                 f"{os.getpid()}-{time.time_ns():x}",
                 str(SPARES),
-                str(max(cap, want)),
+                str(cap),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
