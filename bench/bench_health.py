@@ -39,9 +39,8 @@ from typing import Any
 
 from envkit import lifecycle
 from envkit.health import PostgresProbe, wait_until_healthy
-from envkit.osuser import server_user
 from envkit.pgserver import PgInstall, PgServer, stop_server
-from envkit.providers.local import Layout, LocalProvider
+from envkit.providers.local import LocalProvider
 from envkit.settings import Settings
 from envkit.state import Record
 
@@ -81,18 +80,7 @@ answering "starting up") and when it first says ``ready`` (connections succeed f
 
 def server_for(settings: Settings, record: Record) -> PgServer:
     """A PgServer for the environment's data directory, as the local provider starts it."""
-    layout = Layout.for_settings(settings)
-    pid = record.pipeline_id
-    return PgServer(
-        PgInstall(Path(record.resources["bindir"])),
-        layout.pgdata(pid),
-        layout.socket_dir(pid),
-        layout.logs(pid) / "postgres.log",
-        server_user(settings.pg_user),
-        host=record.resources["host"],
-        port=int(record.resources["port"]),
-        marker=f"envkit:{pid}",
-    )
+    return LocalProvider(settings).server_of(record)
 
 
 def one_run(server: PgServer, wait: Callable[[], int], delay: float) -> dict[str, float]:

@@ -224,6 +224,31 @@ class LocalProvider:
             tmp.write_text(str(self.settings.home.expanduser().resolve()))
             os.replace(tmp, marker)
 
+    def pg_server(
+        self, pipeline_id: str, install: PgInstall, run_as: RunAs, *, host: str, port: int
+    ) -> PgServer:
+        """The (not started) server of a pipeline's data directory, marked as envkit's."""
+        return PgServer(
+            install,
+            self.layout.pgdata(pipeline_id),
+            self.layout.socket_dir(pipeline_id),
+            self.layout.logs(pipeline_id) / "postgres.log",
+            run_as,
+            host=host,
+            port=port,
+            marker=f"envkit:{pipeline_id}",
+        )
+
+    def server_of(self, record: Record) -> PgServer:
+        """The server of an existing environment, as ``up`` started it (to start it again)."""
+        return self.pg_server(
+            record.pipeline_id,
+            PgInstall(Path(record.resources["bindir"])),
+            self.run_as(),
+            host=record.resources["host"],
+            port=int(record.resources["port"]),
+        )
+
     def _start(
         self, install: PgInstall, run_as: RunAs, pipeline_id: str, host: str, dedicated: bool
     ) -> PgServer:
@@ -231,16 +256,7 @@ class LocalProvider:
         if not dedicated or bind_error(host, port) is not None:
             port = free_port(host)
         for attempt in range(3):
-            server = PgServer(
-                install,
-                self.layout.pgdata(pipeline_id),
-                self.layout.socket_dir(pipeline_id),
-                self.layout.logs(pipeline_id) / "postgres.log",
-                run_as,
-                host=host,
-                port=port,
-                marker=f"envkit:{pipeline_id}",
-            )
+            server = self.pg_server(pipeline_id, install, run_as, host=host, port=port)
             try:
                 return server.start()
             except PortInUseError:

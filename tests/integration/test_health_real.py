@@ -31,9 +31,8 @@ from envkit.health import (
     TcpProbe,
     wait_until_healthy,
 )
-from envkit.osuser import server_user
-from envkit.pgserver import PgInstall, PgServer, stop_server, wait_gone
-from envkit.providers.local import Layout
+from envkit.pgserver import stop_server, wait_gone
+from envkit.providers.local import Layout, LocalProvider
 from envkit.settings import Settings
 from envkit.state import Record
 
@@ -59,19 +58,8 @@ def with_url(url: str, *, password: str | None = None, dbname: str | None = None
 
 def restart_later(settings: Settings, record: Record, delay: float) -> threading.Thread:
     """Stop the environment's server now and start it again in a thread after ``delay``."""
-    layout = Layout.for_settings(settings)
-    pid = record.pipeline_id
-    stop_server(layout.pgdata(pid), fast=True)
-    server = PgServer(
-        PgInstall(Path(record.resources["bindir"])),
-        layout.pgdata(pid),
-        layout.socket_dir(pid),
-        layout.logs(pid) / "postgres.log",
-        server_user(settings.pg_user),
-        host=record.resources["host"],
-        port=int(record.resources["port"]),
-        marker=f"envkit:{pid}",
-    )
+    server = LocalProvider(settings).server_of(record)
+    stop_server(server.datadir, fast=True)
 
     def start() -> None:
         time.sleep(delay)
