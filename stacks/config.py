@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from envkit.naming import Tags, parse_iso
+from envkit.spec import output_key
 
 ROLE_PIPELINE = "pipeline"
 ROLE_BASE = "base"
@@ -45,7 +46,7 @@ class ServiceArgs:
     @property
     def output_key(self) -> str:
         """``SERVICE_<NAME>_URL`` (the outputs contract key of this service)."""
-        return f"SERVICE_{self.name.upper().replace('-', '_')}_URL"
+        return f"SERVICE_{output_key(self.name)}_URL"
 
 
 @dataclass(frozen=True)
