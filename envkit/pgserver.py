@@ -27,6 +27,7 @@ from typing import Any
 from envkit.errors import PrerequisiteError, ProvisionError, TeardownError
 from envkit.locking import FileLock
 from envkit.osuser import RunAs
+from envkit.state import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +155,7 @@ def pg_config_bindir(pg_config: str, cache_dir: Path | None) -> str | None:
     bindir = out.stdout.strip() if out.returncode == 0 else ""
     if cache is not None and bindir:
         cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "bindir": bindir}))
-        os.replace(tmp, cache)
+        write_atomic(cache, json.dumps({"key": key, "bindir": bindir}).encode())
     return bindir or None
 
 

@@ -106,6 +106,18 @@ class Record:
         }
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` whole: a private (0600) temp file beside it, named
+    ``.<name>.<random>`` so concurrent writers (processes or threads) never share one, renamed
+    over it. Readers see the old content or the new, never a part."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 class StateStore:
     """Reads and writes records, locks and events under one ``ENVKIT_HOME``."""
 
@@ -151,12 +163,7 @@ class StateStore:
         self._ensure(self.envs_dir)
         record.updated_at = iso_utc(utcnow())
         payload = json.dumps(record.to_json(), indent=2, sort_keys=True).encode()
-        fd, tmp = tempfile.mkstemp(prefix=f".{record.pipeline_id}.", dir=self.envs_dir)
-        try:
-            os.write(fd, payload)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.record_path(record.pipeline_id))
+        write_atomic(self.record_path(record.pipeline_id), payload)
 
     def delete(self, pipeline_id: str) -> None:
         """Remove the record (absent is fine)."""

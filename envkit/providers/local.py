@@ -43,7 +43,7 @@ from envkit.providers import ProvisionRequest
 from envkit.redact import scrub
 from envkit.settings import Settings
 from envkit.spares import checkout
-from envkit.state import Record
+from envkit.state import Record, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -220,9 +220,7 @@ class LocalProvider:
         # reap from any home can tell when that home was deleted (envkit.reaper: orphaned homes).
         marker = layout.envs_root / ".home"
         if not marker.exists():
-            tmp = marker.with_name(f".home.{os.getpid()}.tmp")
-            tmp.write_text(str(self.settings.home.expanduser().resolve()))
-            os.replace(tmp, marker)
+            write_atomic(marker, str(self.settings.home.expanduser().resolve()).encode())
 
     def pg_server(
         self, pipeline_id: str, install: PgInstall, run_as: RunAs, *, host: str, port: int
