@@ -44,8 +44,11 @@ def candidates(pipeline_id: str) -> Iterator[str]:
 
 
 def bind_error(host: str, port: int) -> int | None:
-    """The errno of binding ``host:port`` (``None`` when it is free)."""
+    """The errno of binding ``host:port`` (``None`` when it is free) the way servers bind it,
+    with SO_REUSEADDR: connections closed a moment ago (TIME_WAIT) do not make a port busy for
+    PostgreSQL or an HTTP server, so they must not here either; a listener still does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

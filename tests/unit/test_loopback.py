@@ -80,3 +80,23 @@ def test_without_hard_links_a_reservation_falls_back_to_exclusive_create(
     assert a.host != b.host
     assert book.owners() == {a.host: "h/a", b.host: "h/b"}
     assert book.unfinished() == {}
+
+
+def test_a_port_in_time_wait_is_free_and_a_listening_one_is_not() -> None:
+    import errno
+    import socket
+
+    from envkit.loopback import bind_error
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    assert bind_error("127.0.0.1", port) == errno.EADDRINUSE
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server side closes first: its end waits in TIME_WAIT
+    client.close()
+    server.close()
+    assert bind_error("127.0.0.1", port) is None
