@@ -13,7 +13,7 @@ import pytest
 from envkit import lifecycle
 from envkit.errors import PrerequisiteError
 from envkit.pgserver import postmaster_pid
-from envkit.providers.local import Layout
+from envkit.providers.local import Layout, LocalProvider
 from envkit.settings import Settings
 from envkit.state import Status
 
@@ -112,11 +112,19 @@ def test_missing_binaries_is_a_prerequisite_error(settings: Settings, tmp_path: 
 
 
 def test_templates_carry_no_free_space_maps_and_servers_rebuild_them(settings: Settings) -> None:
-    """Templates are trimmed of FSM forks (less to copy per server); writes and VACUUM work and
-    bring the forks back."""
+    """Templates are trimmed of FSM forks and of every WAL segment but the shutdown
+    checkpoint's (less to copy per server); writes, VACUUM and WAL past that one segment work,
+    and the forks come back."""
     record = lifecycle.up(lifecycle.Context.build("fsm", settings))
     pgdata = Layout.for_settings(settings).pgdata("fsm")
     assert not list(pgdata.glob("base/*/*_fsm")) and not list(pgdata.glob("global/*_fsm"))
+    provider = LocalProvider(settings)
+    base = provider.templates(provider.install(), provider.run_as()).base()
+    templates = [p for p in base.parent.glob(f"{base.name}*") if (p / "PG_VERSION").is_file()]
+    assert templates
+    for template in templates:
+        segments = [p for p in (template / "pg_wal").iterdir() if p.is_file()]
+        assert len(segments) == 1, (template, segments)
     with psycopg.connect(record.outputs["DATABASE_URL"], autocommit=True) as conn:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, pad text)")
         conn.execute("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 5000) g")
@@ -125,4 +133,11 @@ def test_templates_carry_no_free_space_maps_and_servers_rebuild_them(settings: S
         row = conn.execute("SELECT pg_relation_size('t', 'fsm') > 0, count(*) FROM t").fetchone()
         conn.execute("INSERT INTO t SELECT g, 'y' FROM generate_series(5001, 6000) g")
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (3500,)
+        start_lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+        conn.execute("INSERT INTO t SELECT g, repeat('z', 500) FROM generate_series(6001, 16000) g")
+        moved = conn.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", start_lsn
+        ).fetchone()
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (13500,)
     assert row == (True, 2500)
+    assert moved is not None and moved[0] > 3 * 1024 * 1024  # past several 1 MB segments
