@@ -48,13 +48,15 @@ MAX_SHARE_OF_FREE = 0.25
 # of /proc/loadavg 50 ms apart. Even at idle priority, copies made while ups run
 # slowed a burst of eight parallel ups by 18 % (1.055 -> 0.866 s with refills held, measured):
 # the copy's kernel work and memory traffic are not preempted the instant an up wakes.
-# Arguments: the pool, the template, the target when started, a unique nonce, the base size
-# and the cap. The target is re-read every round (misses recorded after the start count, and so
-# do spares claimed meanwhile), so a burst of ups that each found the lock held and left the
-# refill to the one running is still served in full once it ends.
+# Arguments: the pool, the template, the target when started, a unique nonce, the base size,
+# the cap and the number of CPUs. The target is re-read every round (misses recorded after the
+# start count, and so do spares claimed meanwhile), so a burst of ups that each found the lock
+# held and left the refill to the one running is still served in full once it ends.
+# Everything but chrt, sleep, cp and mv is a shell builtin: the refill starts while the up that
+# spawned it is still running, and every other exec would be CPU taken from that up.
 _REFILL = rf"""
 chrt --idle -p 0 $$ >/dev/null 2>&1 || renice -n 19 -p $$ >/dev/null 2>&1
-busy=$(( $(nproc 2>/dev/null || echo 2) / 2 ))
+busy=$(( $7 / 2 ))
 [ "$busy" -ge 1 ] || busy=1
 quiet() {{
   calm=0; tries=0
@@ -66,14 +68,16 @@ quiet() {{
   done
 }}
 cd "$1" || exit 0
-rm -rf .tmp-*
+for stale in .tmp-*; do [ -e "$stale" ] && rm -rf .tmp-*; break; done
 i=0
 while :; do
   ready=0
   for name in *; do [ -e "$name" ] && ready=$((ready + 1)); done
   want=$3
-  if [ -s .misses ]; then
-    grown=$(( $5 + $(wc -c < .misses) ))
+  misses=
+  [ -s .misses ] && read -r misses < .misses
+  if [ -n "$misses" ]; then
+    grown=$(( $5 + ${{#misses}} ))
     [ "$grown" -gt "$want" ] && want=$grown
   fi
   [ "$want" -gt "$6" ] && want=$6
@@ -220,6 +224,7 @@ def refill(template: Path) -> bool:
                 f"{os.getpid()}-{time.time_ns():x}",
                 str(SPARES),
                 str(cap),
+                str(os.cpu_count() or 2),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

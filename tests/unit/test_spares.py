@@ -190,3 +190,23 @@ def test_trim_drops_the_surplus_once_the_burst_is_forgotten(template: Path) -> N
     assert len(ready(template)) == SPARES
     assert not (spares / ".misses").exists()
     assert not list(spares.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize(("misses", "copies"), [("", 1), ("....", 6), ("." * 20, 8)])
+def test_the_refill_shell_rereads_the_misses_itself(
+    template: Path, misses: str, copies: int
+) -> None:
+    """Misses recorded after a refill started grow it: the shell reads ``.misses`` every round
+    (without a trailing newline, as ``note_demand`` writes it) and stays under its cap."""
+    import subprocess
+
+    spares = spares_dir(template)
+    spares.mkdir(parents=True)
+    if misses:
+        (spares / ".misses").write_text(misses)
+    # started with a target of 1, a base of SPARES and a cap of MAX_SPARES, on 2 CPUs
+    args = [str(spares), str(template), "1", "t", str(SPARES), str(MAX_SPARES), "2"]
+    done = subprocess.run(["sh", "-c", pool._REFILL, "refill", *args], timeout=60, check=False)
+    assert done.returncode == 0
+    assert len(ready(template)) == copies
+    assert not list(spares.glob(".tmp-*"))
