@@ -3,13 +3,13 @@
 Each template ``<root>/<key>`` has a pool ``<root>/<key>.spares/``: complete copies named
 ``spare-*``, claimed by ``checkout`` with an atomic ``rename`` (two racing claimers cannot get
 the same one), and topped up afterwards by a detached, idle-priority shell that holds the pool's
-``.refill.lock``. A copy is ~32 MB in RAM, so the pool is small by default and grows with
+``.refill.lock``. A copy is ~27 MB in RAM, so the pool is small by default and grows with
 demand: every ``up`` that found it empty (and so copied the template on its own critical path)
 appends one byte to ``.misses``, and the refill target is ``SPARES`` plus those misses, up to
 ``MAX_SPARES`` and to what the file system can spare. After ``DEMAND_MEMORY`` without pressure
 the target falls back to ``SPARES`` and ``trim`` (run by ``envkit reap``) drops the surplus.
 
-Why: on two cores, eight parallel ``up``s that each have to copy 32 MB spend ~20 % of their CPU
+Why: on two cores, eight parallel ``up``s that each have to copy 27 MB spend ~20 % of their CPU
 on the copy; a pool sized to the burst moves that work to the idle time after it (measured in
 bench/bench_lifecycle.py).
 """
