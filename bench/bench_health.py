@@ -40,7 +40,7 @@ from typing import Any
 from envkit import lifecycle
 from envkit.health import PostgresProbe, wait_until_healthy
 from envkit.pgserver import PgInstall, PgServer, stop_server
-from envkit.providers.local import LocalProvider
+from envkit.providers.local import Layout, LocalProvider
 from envkit.settings import Settings
 from envkit.state import Record
 
@@ -263,6 +263,8 @@ def main() -> None:
         try:
             lifecycle.down(ctx)
         finally:
+            # The home's directory under the shared data root (its .home marker) goes with it.
+            shutil.rmtree(Layout.for_settings(settings).envs_root, ignore_errors=True)
             shutil.rmtree(home, ignore_errors=True)
 
 
