@@ -46,9 +46,10 @@ MAX_SHARE_OF_FREE = 0.25
 # util-linux lacks chrt. Before each copy it waits (up to ~2 s) for the machine to be quiet: at
 # most half the CPUs' worth of runnable tasks (itself included; 1 on two cores) in two readings
 # of /proc/loadavg 50 ms apart, looking again every 200 ms while busy (every look costs a
-# ~0.8 ms ``sleep`` exec, CPU the ups it waits for would otherwise have). Even at idle priority, copies made while ups run
-# slowed a burst of eight parallel ups by 18 % (1.055 -> 0.866 s with refills held, measured):
-# the copy's kernel work and memory traffic are not preempted the instant an up wakes.
+# ~0.8 ms ``sleep`` exec, CPU the ups it waits for would otherwise have). Even at idle
+# priority, copies made while ups run slowed a burst of eight parallel ups by 18 %
+# (1.055 -> 0.866 s with refills held, measured): the copy's kernel work and memory traffic
+# are not preempted the instant an up wakes.
 # Arguments: the pool, the template, the target when started, a unique nonce, the base size,
 # the cap and the number of CPUs. The target is re-read every round (misses recorded after the
 # start count, and so do spares claimed meanwhile), so a burst of ups that each found the lock
