@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -194,9 +195,37 @@ def history(
             f"{event.get('at', '')}  {event.get('pipeline_id', '')}  {event.get('event', ''):<12}"
             + (f" {took:8.3f}s" if took is not None else " " * 10)
             + f"  pid {event.get('pid', '?')}  "
-            + " ".join(f"{k}={v}" for k, v in details.items()),
+            + " ".join(f"{k}={_shown(v)}" for k, v in details.items()),
             markup=False,
         )
+
+
+def _shown(value: Any) -> str:
+    """An event field for people: probe results as ``name:status(attempts, seconds)``, other
+    structures as compact JSON (``--json`` keeps every field as stored)."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return ",".join(_probe(v) if "name" in v else _compact(v) for v in value)
+    if isinstance(value, dict | list):
+        return _compact(value)
+    return str(value)
+
+
+def _probe(result: dict[str, Any]) -> str:
+    status = result.get("status") or ("ok" if result.get("ok") else "failed")
+    attempts = result.get("attempts")
+    facts = [f"{attempts} attempt{'s' if attempts != 1 else ''}"] if attempts is not None else []
+    if isinstance(result.get("seconds"), int | float):
+        facts.append(f"{result['seconds']:.3f}s")
+    if result.get("error"):
+        facts.append(str(result["error"]))
+    name = str(result["name"])
+    if result.get("component"):
+        name = f"{result['component']}/{name}"
+    return f"{name}:{status}" + (f"({', '.join(facts)})" if facts else "")
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
 
 
 def _took(event: dict[str, Any]) -> float | None:

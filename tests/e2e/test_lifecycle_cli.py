@@ -164,6 +164,10 @@ def test_preserve_extend_and_history(settings: Settings) -> None:
     assert history[names.index("ready")]["timings"]["total"] > 0
     text = envkit("history", "pres")
     assert text.returncode == 0 and "extended" in text.stdout
+    # probe results read as name:status(attempts, seconds), not as a Python repr
+    healthy = next(line for line in text.stdout.splitlines() if " healthy " in line)
+    assert "probes=database/postgres:ok(" in healthy and "attempt" in healthy, healthy
+    assert "{'" not in text.stdout
 
 
 def test_eight_concurrent_ups_of_distinct_ids(settings: Settings) -> None:
