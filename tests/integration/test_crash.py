@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,103 @@ def test_sigkill_during_up_leaves_nothing_reap_or_down_cannot_clean(
         assert conn.execute("select 1").fetchone() == (1,)
     lifecycle.down(ctx)
     assert leftovers(settings) == {}
+
+
+KILLS_EACH = 10
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its reaper."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def _timed(*args: str) -> float:
+    started = time.perf_counter()
+    done = envkit(*args)
+    assert done.returncode in (0, 7), done.stderr
+    return time.perf_counter() - started
+
+
+def test_sigkill_during_down_run_and_reap_leaves_nothing_they_cannot_clean(
+    private_data: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """The same guarantee for the other commands that change state: ``down`` (killed while it
+    stops and deletes), ``run`` (killed mid-up or while its command runs: the command dies with
+    it) and ``reap`` (killed while it destroys several expired environments). Each kill is
+    followed by ``down`` or ``reap``, alternately; nothing may remain."""
+    assert Layout.for_settings(settings).data_root == private_data
+    rng = random.Random(SEED + 1)
+
+    def up_one(pipeline_id: str) -> Record:
+        return lifecycle.up(lifecycle.Context.build(pipeline_id, settings))
+    # Timings of each command, uninterrupted (the first up also builds the template).
+    up_one("crash-d")
+    t_down = _timed("down", "crash-d")
+    marker = tmp_path / "command.pid"
+    command = ["sh", "-c", f'echo $$ > {marker}; exec sleep 30']
+    t_run = _timed("run", "crash-r", "--", "sh", "-c", "exit 7")
+    envkit("down", "crash-r")
+    store = StateStore(settings.home)
+
+    def expire(record: Record) -> None:
+        """As if its TTL had passed (no waiting): what reap looks at is the record."""
+        store.save(replace(record, expires_at="2000-01-01T00:00:00Z"))
+
+    for pid in ("crash-x0", "crash-x1", "crash-x2"):
+        expire(up_one(pid))
+    t_reap = _timed("reap")
+
+    counts: Counter[str] = Counter()
+    for i in range(3 * KILLS_EACH):
+        kind = ("down", "run", "reap")[i % 3]
+        if kind == "down":
+            up_one("crash-d")
+            argv, window, ids = ["down", "crash-d"], t_down, ["crash-d"]
+        elif kind == "run":
+            marker.unlink(missing_ok=True)
+            # killed during its up, or while the command (which outlives no envkit) runs
+            argv, window, ids = ["run", "crash-r", "--", *command], t_run + 0.3, ["crash-r"]
+        else:
+            ids = [f"crash-x{k}" for k in range(3)]
+            for pid in ids:
+                expire(up_one(pid))
+            argv, window = ["reap"], t_reap
+        proc = subprocess.Popen([sys.executable, "-m", "envkit", *argv],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.0, window))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        counts[kind] += 1
+        if kind == "run" and marker.exists():
+            child = int(marker.read_text() or 0)
+            deadline = time.monotonic() + 5
+            while child and _alive(child) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not (child and _alive(child)), "the command of a killed run still runs"
+            counts["run-command-started"] += 1
+        if i % 2 == 0:
+            report = reap(settings)
+            assert report.errors == [], report.errors
+            for pid in ids:  # a ready environment the kill came too late for: down cleans it
+                if StateStore(settings.home).load(pid) is not None:
+                    lifecycle.down(lifecycle.Context.build(pid, settings))
+        else:
+            for pid in ids:
+                assert envkit("down", pid).returncode == 0
+        assert leftovers_of(settings, ids) == {}, f"kill {i} of {kind}"
+
+    print(f"crash injection (down/run/reap): {dict(counts)}")
+    assert counts["run-command-started"] >= 2  # some kills landed while the command ran
+
+    record = up_one("crash-a")
+    assert record.status is Status.READY
+    lifecycle.down(lifecycle.Context.build("crash-a", settings))
+    assert leftovers_of(settings, ["crash-a"]) == {}
+
+
+def leftovers_of(settings: Settings, ids: list[str]) -> dict[str, list[str]]:
+    return {k: v for k, v in inventory(settings, ids).items() if v}
