@@ -313,13 +313,16 @@ class Reaper:
                     self._under_lock(spares / ".refill.lock", stale, "spare copy")
                 # A pool grown by a burst of ups shrinks back once the burst is forgotten.
                 template = spares.with_name(spares.name.removesuffix(".spares"))
-                for name in trim_pool(template, dry_run=self.dry_run):
+                resting = self.settings.spares
+                for name in trim_pool(template, resting=resting, dry_run=self.dry_run):
                     self.report.reaped.append(
                         {
                             "pipeline_id": None,
                             "kind": "spare copy",
                             "resource": str(spares / name),
-                            "reason": "surplus: no burst of ups needed it for an hour",
+                            "reason": "surplus: no burst of ups needed it for an hour"
+                            if resting
+                            else "ENVKIT_SPARES is 0: no pool is kept",
                         }
                     )
             for scratch in templates.glob(".build-*"):

@@ -70,6 +70,20 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _spares(value: str) -> int:
+    problem = (
+        "The spare pool size (ENVKIT_SPARES, spares) must be a whole number from 0 (no pool) "
+        f"to 64, not {value!r}."
+    )
+    try:
+        count = int(value)
+    except ValueError:
+        raise ConfigError(problem) from None
+    if not 0 <= count <= 64:
+        raise ConfigError(problem)
+    return count
+
+
 @dataclass(frozen=True)
 class _Field:
     name: str
@@ -84,6 +98,7 @@ _TABLE: tuple[_Field, ...] = (
     _Field("ttl", lambda v: parse_duration(v, what="TTL"), "ENVKIT_TTL"),
     _Field("preserve_ttl", lambda v: parse_duration(v, what="TTL"), "ENVKIT_PRESERVE_TTL"),
     _Field("template_ttl", lambda v: parse_duration(v, what="TTL"), "ENVKIT_TEMPLATE_TTL"),
+    _Field("spares", _spares, "ENVKIT_SPARES"),
     _Field("dataset", str, "ENVKIT_DATASET"),
     _Field("seeds_dir", _path, "ENVKIT_SEEDS_DIR"),
     _Field("seed_scale", float, "ENVKIT_SEED_SCALE"),
@@ -112,6 +127,7 @@ class Settings:
     ttl: timedelta = timedelta(hours=4)
     preserve_ttl: timedelta = timedelta(hours=24)
     template_ttl: timedelta = timedelta(days=7)  # reap removes templates unused this long
+    spares: int = 2  # ready copies per template at rest (local provider); 0: no pool
     dataset: str | None = None
     seeds_dir: Path | None = None
     seed_scale: float = 1.0

@@ -5,9 +5,11 @@ Each template ``<root>/<key>`` has a pool ``<root>/<key>.spares/``: complete cop
 the same one), and topped up afterwards by a detached, idle-priority shell that holds the pool's
 ``.refill.lock``. A copy is ~27 MB in RAM, so the pool is small by default and grows with
 demand: every ``up`` that found it empty (and so copied the template on its own critical path)
-appends one byte to ``.misses``, and the refill target is ``SPARES`` plus those misses, up to
-``MAX_SPARES`` and to what the file system can spare. After ``DEMAND_MEMORY`` without pressure
-the target falls back to ``SPARES`` and ``trim`` (run by ``envkit reap``) drops the surplus.
+appends one byte to ``.misses``, and the refill target is the resting size (``ENVKIT_SPARES``,
+default ``SPARES``) plus those misses, up to ``MAX_SPARES`` (or the resting size, if larger) and
+to what the file system can spare. After ``DEMAND_MEMORY`` without pressure the target falls back
+to the resting size and ``trim`` (run by ``envkit reap``) drops the surplus. A resting size of 0
+turns the pool off: every ``up`` copies the template itself, nothing is refilled.
 
 Why: on two cores, eight parallel ``up``s that each have to copy 27 MB spend ~20 % of their CPU
 on the copy; a pool sized to the burst moves that work to the idle time after it (measured in
@@ -30,9 +32,9 @@ from envkit.pgserver import COPY_COMMAND, copy_tree
 log = logging.getLogger(__name__)
 
 SPARES = 2
-"""Ready copies kept per template when there is no demand for more."""
+"""Ready copies kept per template when there is no demand for more (``ENVKIT_SPARES``)."""
 MAX_SPARES = 8
-"""The most a pool grows to after bursts of parallel ``up``s."""
+"""The most a pool grows to after bursts of parallel ``up``s (unless its resting size is more)."""
 DEMAND_MEMORY = 3600.0
 """Seconds a burst is remembered: after that long without pressure the pool shrinks back."""
 MAX_SHARE_OF_FREE = 0.25
@@ -110,12 +112,13 @@ def ready(spares: Path) -> list[str]:
         return []
 
 
-def checkout(template: Path, datadir: Path) -> bool:
+def checkout(template: Path, datadir: Path, *, resting: int = SPARES) -> bool:
     """Give ``datadir`` a fresh copy of ``template``; whether a ready spare was used.
 
     Without one the template is copied here, and the miss is recorded so the pool grows.
     Either way a detached, idle-priority process then tops the pool up, off the critical path
-    of this and the next ``up``.
+    of this and the next ``up`` — unless ``resting`` is 0 (no pool: a spare left from before is
+    still used, none is made).
     """
     spares = spares_dir(template)
     claimed = False
@@ -133,10 +136,13 @@ def checkout(template: Path, datadir: Path) -> bool:
         shutil.rmtree(datadir, ignore_errors=True)
     if not claimed:
         copy_tree(template, datadir)
+    if resting == 0:
+        return claimed
+    if not claimed:
         note_demand(spares, missed=True)
     elif not ready(spares):  # took the last one: the pool is running dry
         note_demand(spares, missed=False)
-    refill(template)
+    refill(template, resting=resting)
     return claimed
 
 
@@ -157,15 +163,22 @@ def note_demand(spares: Path, *, missed: bool) -> None:
             os.utime(path)
 
 
-def wanted(spares: Path, *, now: float | None = None) -> int:
+def wanted(spares: Path, *, resting: int = SPARES, now: float | None = None) -> int:
     """How many ready copies the pool should hold now."""
+    if resting == 0:
+        return 0
     try:
         stats = os.stat(spares / ".misses")
     except OSError:
-        return SPARES
+        return resting
     if (now if now is not None else time.time()) - stats.st_mtime > DEMAND_MEMORY:
-        return SPARES
-    return min(MAX_SPARES, SPARES + stats.st_size)
+        return resting
+    return min(largest(resting), resting + stats.st_size)
+
+
+def largest(resting: int) -> int:
+    """The most copies a pool with this resting size grows to."""
+    return max(MAX_SPARES, resting)
 
 
 def affordable(template: Path, spares: Path) -> int:
@@ -197,7 +210,7 @@ def template_bytes(template: Path, spares: Path) -> int:
     return size
 
 
-def refill(template: Path) -> bool:
+def refill(template: Path, *, resting: int = SPARES) -> bool:
     """Start a detached, idle-priority shell that copies ``template`` until the pool holds what
     ``wanted`` says (within what the file system can take); whether one was started (not when a
     refill already running holds the lock: it tops up for us too). The lock is taken here and
@@ -211,10 +224,10 @@ def refill(template: Path) -> bool:
         except BlockingIOError:
             return False
         room = len(ready(spares)) + affordable(template, spares)
-        want = wanted(spares)
-        if want == SPARES:  # no burst remembered: count the misses of the next one afresh
+        want = wanted(spares, resting=resting)
+        if want == resting:  # no burst remembered: count the misses of the next one afresh
             (spares / ".misses").unlink(missing_ok=True)
-        cap = min(MAX_SPARES, room)  # misses recorded while this refill runs grow it up to this
+        cap = min(largest(resting), room)  # misses recorded while it runs grow it up to this
         want = min(want, room)
         subprocess.Popen(
             [
@@ -226,7 +239,7 @@ def refill(template: Path) -> bool:
                 str(template),
                 str(want),
                 f"{os.getpid()}-{time.time_ns():x}",
-                str(SPARES),
+                str(resting),
                 str(cap),
                 str(os.cpu_count() or 2),
             ],
@@ -242,9 +255,9 @@ def refill(template: Path) -> bool:
         os.close(lock)  # the shell's inherited descriptor keeps the lock until it exits
 
 
-def trim(template: Path, *, dry_run: bool = False) -> list[str]:
-    """Remove ready copies beyond what the pool wants now (after a burst is forgotten); the
-    names removed. Skipped while a refill holds the lock."""
+def trim(template: Path, *, resting: int = SPARES, dry_run: bool = False) -> list[str]:
+    """Remove ready copies beyond what the pool wants now (after a burst is forgotten, or all
+    of them when ``resting`` is 0); the names removed. Skipped while a refill holds the lock."""
     spares = spares_dir(template)
     if not spares.is_dir():
         return []
@@ -254,9 +267,9 @@ def trim(template: Path, *, dry_run: bool = False) -> list[str]:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return []
-        want = wanted(spares)
+        want = wanted(spares, resting=resting)
         surplus = ready(spares)[want:]
-        if want == SPARES and not dry_run:
+        if want == resting and not dry_run:
             (spares / ".misses").unlink(missing_ok=True)
         for name in [] if dry_run else surplus:
             # Renamed out of the pool first, so no checkout can claim a half-deleted copy.

@@ -170,7 +170,9 @@ class LocalProvider:
         env_dir.mkdir(mode=0o711, parents=True)
         layout.logs(pipeline_id).mkdir(mode=0o700)
         make_socket_dir(layout.socket_dir(pipeline_id), run_as)
-        request.record.resources["spare"] = checkout(template, layout.pgdata(pipeline_id))
+        request.record.resources["spare"] = checkout(
+            template, layout.pgdata(pipeline_id), resting=self.settings.spares
+        )
         server = self._start(install, run_as, pipeline_id, address.host, address.dedicated)
         request.record.resources.update({"port": server.port, "pid": server.pid})
         request.save()

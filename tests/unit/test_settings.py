@@ -50,3 +50,18 @@ def test_xdg_state_home_and_bad_values(tmp_path: Path) -> None:
         Settings.resolve(env={"ENVKIT_PROVIDER": "gcp"}, cwd=tmp_path)
     with pytest.raises(ConfigError):
         Settings.resolve({"nope": 1}, env={}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("text", ["abc", "-1", "65", "1.5", ""])
+def test_a_bad_spare_pool_size_is_a_config_error(text: str, tmp_path: Path) -> None:
+    if not text:
+        assert Settings.resolve({}, env={"ENVKIT_SPARES": text}, cwd=tmp_path).spares == 2
+        return
+    with pytest.raises(ConfigError, match="ENVKIT_SPARES"):
+        Settings.resolve({}, env={"ENVKIT_SPARES": text}, cwd=tmp_path)
+
+
+def test_the_spare_pool_size_comes_from_the_environment(tmp_path: Path) -> None:
+    assert Settings.resolve({}, env={}, cwd=tmp_path).spares == 2
+    assert Settings.resolve({}, env={"ENVKIT_SPARES": "0"}, cwd=tmp_path).spares == 0
+    assert Settings.resolve({}, env={"ENVKIT_SPARES": "8"}, cwd=tmp_path).spares == 8
