@@ -120,7 +120,9 @@ def main() -> int:
     shm = Path("/dev/shm")
     data = Path(tempfile.mkdtemp(prefix="envkit-bench-data-", dir=shm if shm.is_dir() else None))
     env = {**os.environ, "ENVKIT_HOME": str(home), "ENVKIT_DATA_DIR": str(data)}
-    for name in ("ENVKIT_PIPELINE_ID", "GITHUB_RUN_ID", "CI_PIPELINE_ID", "BUILD_TAG"):
+    # The default pool (its resting size is part of what is measured) and no CI-derived IDs.
+    for name in ("ENVKIT_PIPELINE_ID", "GITHUB_RUN_ID", "CI_PIPELINE_ID", "BUILD_TAG",
+                 "ENVKIT_SPARES"):
         env.pop(name, None)
     settings = Settings.resolve({"home": home, "data_dir": data})
     cores = os.cpu_count() or 1

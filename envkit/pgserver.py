@@ -440,20 +440,22 @@ def trim(datadir: Path, install: PgInstall) -> None:
     """
     for fork in (*datadir.glob("base/*/*_fsm"), *datadir.glob("global/*_fsm")):
         fork.unlink()
-    keep = checkpoint_segment(datadir, install)
-    if keep is None:
+    keep = checkpoint_segments(datadir, install)
+    if not keep:
         return
     for segment in (datadir / "pg_wal").iterdir():
-        if segment.is_file() and len(segment.name) == 24 and segment.name != keep:
+        if segment.is_file() and len(segment.name) == 24 and segment.name not in keep:
             segment.unlink()
 
 
-def checkpoint_segment(datadir: Path, install: PgInstall) -> str | None:
-    """The WAL segment a cleanly stopped server restarts from (``pg_controldata``), or None
-    when that cannot be told for sure (no ``pg_controldata``, not shut down cleanly)."""
+def checkpoint_segments(datadir: Path, install: PgInstall) -> set[str]:
+    """The WAL segments a cleanly stopped server restarts from: the one holding its shutdown
+    checkpoint record, and the next one too when that record starts in the last WAL page of its
+    segment (it may end in the next). Empty when that cannot be told for sure (no
+    ``pg_controldata``, not shut down cleanly): then nothing is trimmed."""
     tool = install.binary("pg_controldata")
     if not os.access(tool, os.X_OK):
-        return None
+        return set()
     out = subprocess.run(
         [str(tool), str(datadir)],
         capture_output=True,
@@ -468,10 +470,23 @@ def checkpoint_segment(datadir: Path, install: PgInstall) -> str | None:
     )
     segment = fields.get("Latest checkpoint's REDO WAL file", "")
     if out.returncode != 0 or fields.get("Database cluster state") != "shut down":
-        return None
+        return set()
     if len(segment) != 24 or not (datadir / "pg_wal" / segment).is_file():
-        return None
-    return segment
+        return set()
+    try:
+        size = int(fields["Bytes per WAL segment"])
+        high, low = fields["Latest checkpoint location"].split("/")
+        location = (int(high, 16) << 32) | int(low, 16)
+        timeline, number = int(segment[:8], 16), location // size
+    except (KeyError, ValueError, ZeroDivisionError):
+        return set()
+    per_id = 0x100000000 // size
+    if f"{timeline:08X}{number // per_id:08X}{number % per_id:08X}" != segment:
+        return set()  # not a shutdown checkpoint's layout: keep everything
+    keep = {segment}
+    if size - location % size < 8192:
+        keep.add(f"{timeline:08X}{(number + 1) // per_id:08X}{(number + 1) % per_id:08X}")
+    return keep
 
 
 class TemplateCache:

@@ -8,7 +8,8 @@ and is returned unchanged, so CI sees the test result; a command killed by signa
 Signals: SIGINT, SIGTERM and SIGHUP sent to envkit while the command runs are forwarded to the
 command's process group; envkit then waits (``grace`` seconds, then SIGKILL) and applies the
 failure policy. During ``up`` they abort provisioning, which cleans up after itself. A SIGKILL
-of envkit itself is handled by state + TTL + ``envkit reap``, like every other crash.
+of envkit itself is handled by state + TTL + ``envkit reap``, like every other crash, and the
+command's own process gets SIGTERM (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -218,7 +219,9 @@ def _execute(
 def _dies_with_us() -> Callable[[], None] | None:
     """A ``preexec_fn`` that has the command sent SIGTERM if envkit dies first (Linux
     ``PR_SET_PDEATHSIG``): a SIGKILLed ``envkit run`` must not leave its command running against
-    an environment the next ``down`` or ``reap`` destroys. None where prctl is not available."""
+    an environment the next ``down`` or ``reap`` destroys. The signal reaches the command's own
+    process only: a shell that dies of it does not pass it on to what it started. None where
+    prctl is not available."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -230,9 +233,11 @@ def _dies_with_us() -> Callable[[], None] | None:
     parent = os.getpid()
 
     def set_parent_death_signal() -> None:  # runs in the child, between fork and exec
+        # envkit's own SIGTERM handler was inherited: until exec it would only take note.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
         if os.getppid() != parent:  # envkit died before the prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+            os._exit(128 + int(signal.SIGTERM))
 
     return set_parent_death_signal
 

@@ -136,7 +136,10 @@ def checkout(template: Path, datadir: Path, *, resting: int = SPARES) -> bool:
         shutil.rmtree(datadir, ignore_errors=True)
     if not claimed:
         copy_tree(template, datadir)
+    remember_resting(spares, resting)
     if resting == 0:
+        with contextlib.suppress(OSError):
+            os.utime(template)  # a use, for reap's template TTL: nothing else records it
         return claimed
     if not claimed:
         note_demand(spares, missed=True)
@@ -174,6 +177,29 @@ def wanted(spares: Path, *, resting: int = SPARES, now: float | None = None) -> 
     if (now if now is not None else time.time()) - stats.st_mtime > DEMAND_MEMORY:
         return resting
     return min(largest(resting), resting + stats.st_size)
+
+
+def remember_resting(spares: Path, resting: int) -> None:
+    """Record the resting size the pool's last ``up`` asked for (``.resting``), so that a reap
+    run with another ``ENVKIT_SPARES`` (a cron job without it) trims to this one, not its own."""
+    if resting == SPARES and not (spares / ".resting").exists():
+        return  # the default, and nothing else was ever asked: nothing to remember
+    if resting == 0 and not spares.is_dir():
+        return
+    with contextlib.suppress(OSError):
+        if resting_of(spares, -1) != resting:
+            spares.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = spares / f".resting.{os.getpid()}"
+            tmp.write_text(str(resting))
+            os.replace(tmp, spares / ".resting")
+
+
+def resting_of(spares: Path, default: int) -> int:
+    """The resting size recorded for a pool, else ``default``."""
+    try:
+        return max(0, int((spares / ".resting").read_text()))
+    except (OSError, ValueError):
+        return default
 
 
 def largest(resting: int) -> int:
@@ -241,7 +267,7 @@ def refill(template: Path, *, resting: int = SPARES) -> bool:
                 f"{os.getpid()}-{time.time_ns():x}",
                 str(resting),
                 str(cap),
-                str(os.cpu_count() or 2),
+                str(len(os.sched_getaffinity(0)) or 2),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -257,10 +283,13 @@ def refill(template: Path, *, resting: int = SPARES) -> bool:
 
 def trim(template: Path, *, resting: int = SPARES, dry_run: bool = False) -> list[str]:
     """Remove ready copies beyond what the pool wants now (after a burst is forgotten, or all
-    of them when ``resting`` is 0); the names removed. Skipped while a refill holds the lock."""
+    of them when the resting size is 0); the names removed. The resting size is the one the
+    pool's last ``up`` recorded, ``resting`` when none did. Skipped while a refill holds the
+    lock."""
     spares = spares_dir(template)
     if not spares.is_dir():
         return []
+    resting = resting_of(spares, resting)
     lock = os.open(spares / ".refill.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:

@@ -33,7 +33,7 @@ def no_wait_for_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     """The refill waits (up to 2 s a copy) while more than half the CPUs' worth of tasks run;
     on a loaded test machine that is most of these tests' time, and not what they check. As
     if there were 64 CPUs, every moment is quiet enough."""
-    monkeypatch.setattr(pool.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(pool.os, "sched_getaffinity", lambda pid: set(range(64)))
 
 
 @pytest.fixture()
@@ -257,3 +257,31 @@ def test_the_resting_size_is_what_the_pool_grows_from_and_falls_back_to(
     assert wanted(spares, resting=resting) == max(MAX_SPARES, resting)
     later = time.time() + DEMAND_MEMORY + 1
     assert wanted(spares, resting=resting, now=later) == resting
+
+
+def test_a_reap_without_the_setting_trims_to_what_the_pools_ups_asked(
+    template: Path, tmp_path: Path
+) -> None:
+    """ENVKIT_SPARES=4 on the ups, a cron reap with the default: the pool keeps its 4."""
+    spares = spares_dir(template)
+    assert checkout(template, tmp_path / "a", resting=4) is False
+    wait_for_refill(template)
+    (spares / ".misses").unlink(missing_ok=True)  # the burst is forgotten
+    assert len(ready(template)) >= 4
+    trim(template)  # the reap's own (default) resting size
+    assert len(ready(template)) == 4
+    # lowered on the next up: the reap follows
+    assert checkout(template, tmp_path / "b", resting=1) is True
+    wait_for_refill(template)
+    (spares / ".misses").unlink(missing_ok=True)
+    trim(template, resting=SPARES)
+    assert len(ready(template)) == 1
+
+
+def test_an_up_without_a_pool_still_marks_its_template_used(
+    template: Path, tmp_path: Path
+) -> None:
+    old = time.time() - 30 * 86400
+    os.utime(template, (old, old))
+    checkout(template, tmp_path / "a", resting=0)
+    assert template.stat().st_mtime > old + 86400

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from envkit.pgserver import PgInstall, checkpoint_segment, trim
+from envkit.pgserver import PgInstall, checkpoint_segments, trim
 
 SEGMENTS = [f"00000001000000000000000{c}" for c in "ABCDE"]
 
@@ -35,12 +35,13 @@ def datadir(tmp_path: Path) -> Path:
     return data
 
 
-def report(state: str, redo: str) -> str:
+def report(state: str, redo: str, location: str = "0/A1FD68") -> str:
     return (
         "pg_control version number:            1300\n"
         f"Database cluster state:               {state}\n"
-        "Latest checkpoint location:           0/A1FD68\n"
+        f"Latest checkpoint location:           {location}\n"
         f"Latest checkpoint's REDO WAL file:    {redo}\n"
+        "Bytes per WAL segment:                1048576\n"
     )
 
 
@@ -51,7 +52,7 @@ def wal(data: Path) -> list[str]:
 def test_a_clean_shutdown_keeps_only_the_checkpoint_segment(tmp_path: Path) -> None:
     data = datadir(tmp_path)
     install = fake_install(tmp_path, report("shut down", SEGMENTS[0]))
-    assert checkpoint_segment(data, install) == SEGMENTS[0]
+    assert checkpoint_segments(data, install) == {SEGMENTS[0]}
     trim(data, install)
     assert wal(data) == [SEGMENTS[0]]
     assert (data / "pg_wal" / "archive_status").is_dir()
@@ -65,6 +66,8 @@ def test_a_clean_shutdown_keeps_only_the_checkpoint_segment(tmp_path: Path) -> N
         (report("in production", SEGMENTS[0]), 0),  # not stopped cleanly: WAL is needed
         (report("shut down", "000000010000000000000009"), 0),  # names a segment not there
         (report("shut down", "garbage"), 0),
+        (report("shut down", SEGMENTS[0], location="0/B00028"), 0),  # not in that segment
+        (report("shut down", SEGMENTS[0], location="nonsense"), 0),
         (report("shut down", SEGMENTS[0]), 1),  # the tool failed
         ("", 0),
     ],
@@ -74,7 +77,7 @@ def test_no_wal_is_trimmed_unless_the_checkpoint_is_known(
 ) -> None:
     data = datadir(tmp_path)
     install = fake_install(tmp_path, text, code)
-    assert checkpoint_segment(data, install) is None
+    assert checkpoint_segments(data, install) == set()
     trim(data, install)
     assert wal(data) == SEGMENTS
     assert not (data / "global" / "1260_fsm").exists()  # FSM forks go either way
@@ -86,3 +89,12 @@ def test_without_pg_controldata_no_wal_is_trimmed(tmp_path: Path) -> None:
     install = PgInstall(tmp_path / "bin")
     trim(data, install)
     assert wal(data) == SEGMENTS
+
+
+def test_a_checkpoint_in_the_last_page_of_its_segment_keeps_the_next_one(tmp_path: Path) -> None:
+    """A record that starts within the last WAL page may end in the next segment."""
+    data = datadir(tmp_path)
+    install = fake_install(tmp_path, report("shut down", SEGMENTS[0], location="0/AFFF28"))
+    assert checkpoint_segments(data, install) == {SEGMENTS[0], SEGMENTS[1]}
+    trim(data, install)
+    assert wal(data) == SEGMENTS[:2]
