@@ -313,16 +313,15 @@ class Reaper:
                     self._under_lock(spares / ".refill.lock", stale, "spare copy")
                 # A pool grown by a burst of ups shrinks back once the burst is forgotten.
                 template = spares.with_name(spares.name.removesuffix(".spares"))
-                resting = self.settings.spares
+                resting = self.settings.spares  # unless the pool's own ups recorded another
                 for name in trim_pool(template, resting=resting, dry_run=self.dry_run):
                     self.report.reaped.append(
                         {
                             "pipeline_id": None,
                             "kind": "spare copy",
                             "resource": str(spares / name),
-                            "reason": "surplus: no burst of ups needed it for an hour"
-                            if resting
-                            else "ENVKIT_SPARES is 0: no pool is kept",
+                            "reason": "surplus: beyond the pool's resting size "
+                            "(ENVKIT_SPARES) and no burst of ups needed it for an hour",
                         }
                     )
             for scratch in templates.glob(".build-*"):
