@@ -16,6 +16,8 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from envkit.commands import RESOURCE as RUN_RESOURCE
+from envkit.commands import stop_orphaned_command
 from envkit.errors import ConfigError, EnvkitError, ProvisionError
 from envkit.naming import iso_utc, resolve_pipeline_id
 from envkit.outputs import complete
@@ -304,7 +306,24 @@ def extend(ctx: Context, ttl: timedelta) -> Record:
 
 
 def _destroy(provider: Provider, pipeline_id: str, record: Record | None) -> None:
+    if record is not None:  # what a killed `envkit run` left running against it goes first
+        stop_orphaned_command(pipeline_id, record.resources)
     provider.destroy(pipeline_id, record)
+
+
+def note_run(ctx: Context, run: dict[str, object] | None) -> None:
+    """Record (or, with None, forget) the ``envkit run`` whose command uses the environment
+    (see envkit.commands)."""
+    with ctx.store.locked(ctx.pipeline_id, ctx.settings.lock_timeout):
+        record = ctx.store.load(ctx.pipeline_id)
+        if record is None:
+            return
+        if run is None:
+            if record.resources.pop(RUN_RESOURCE, None) is None:
+                return
+        else:
+            record.resources[RUN_RESOURCE] = run
+        ctx.store.save(record)
 
 
 def status(ctx: Context) -> Record | None:

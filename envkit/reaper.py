@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from envkit.commands import stop_orphaned_command
 from envkit.durations import format_duration
 from envkit.errors import EnvkitError
 from envkit.locking import FileLock, is_locked
@@ -239,6 +240,8 @@ class Reaper:
                 self.store.save(record)
                 self.store.event(pipeline_id, "destroying", by="reap", reason=entry["reason"])
             name = record.provider if record is not None else "local"
+            if record is not None:  # what a killed `envkit run` left running goes first
+                stop_orphaned_command(pipeline_id, record.resources)
             self.provider(name).destroy(pipeline_id, record)
         except EnvkitError as exc:
             entry["error"] = exc.message

@@ -8,8 +8,9 @@ and is returned unchanged, so CI sees the test result; a command killed by signa
 Signals: SIGINT, SIGTERM and SIGHUP sent to envkit while the command runs are forwarded to the
 command's process group; envkit then waits (``grace`` seconds, then SIGKILL) and applies the
 failure policy. During ``up`` they abort provisioning, which cleans up after itself. A SIGKILL
-of envkit itself is handled by state + TTL + ``envkit reap``, like every other crash, and the
-command's own process gets SIGTERM (``PR_SET_PDEATHSIG``).
+of envkit itself is handled by state + TTL + ``envkit reap``, like every other crash: the
+command's own process gets SIGTERM (``PR_SET_PDEATHSIG``), and what it started is stopped by the
+next ``down`` or ``reap`` through the run's marker (envkit.commands).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from types import FrameType
+from typing import Any
 
-from envkit import lifecycle
-from envkit.errors import ConfigError
+from envkit import commands, lifecycle
+from envkit.errors import ConfigError, EnvkitError
 from envkit.outputs import visible
 from envkit.state import Record, Status
 
@@ -141,11 +143,27 @@ def run(
         signals.raise_now = False
         if on_ready is not None:
             on_ready(record)
-        code = _execute(
-            command, {**(env if env is not None else os.environ), **record.outputs}, signals, grace
-        )
+        run_info = _track(ctx, commands.new_run())
+        environ = {**(env if env is not None else os.environ), **record.outputs}
+        if run_info is not None:
+            environ[commands.MARKER_VARIABLE] = run_info["marker"]
+        code = _execute(command, environ, signals, grace)
+        if run_info is not None:
+            _track(ctx, None)
         interrupted = signals.received is not None
         return _finish(ctx, code, interrupted, record, on_success, on_failure, preserve_ttl or ttl)
+
+
+def _track(ctx: lifecycle.Context, run: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Record (or forget) this run in the pipeline's record, so that a ``down`` or ``reap``
+    after envkit was killed stops what the command left running (envkit.commands). Best effort:
+    a record that cannot be updated costs that cleanup, not the run."""
+    try:
+        lifecycle.note_run(ctx, run)
+    except EnvkitError as exc:
+        log.warning("could not record the run in %s's record: %s", ctx.pipeline_id, exc)
+        return None
+    return run
 
 
 def _finish(

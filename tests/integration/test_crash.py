@@ -211,8 +211,10 @@ def test_sigkill_during_down_run_and_reap_leaves_nothing_they_cannot_clean(
     # Timings of each command, uninterrupted (the first up also builds the template).
     up_one("crash-d")
     t_down = _timed("down", "crash-d")
-    marker = tmp_path / "command.pid"
-    command = ["sh", "-c", f'echo $$ > {marker}; exec sleep 30']
+    # The command (a shell) starts a child of its own, which no signal of the kernel reaches
+    # when envkit dies: down or reap must find it by the run's marker and stop it.
+    marker, grandchild = tmp_path / "command.pid", tmp_path / "grandchild.pid"
+    command = ["sh", "-c", f"sleep 30 & echo $! > {grandchild}; echo $$ > {marker}; wait"]
     t_run = _timed("run", "crash-r", "--", "sh", "-c", "exit 7")
     envkit("down", "crash-r")
     store = StateStore(settings.home)
@@ -233,6 +235,7 @@ def test_sigkill_during_down_run_and_reap_leaves_nothing_they_cannot_clean(
             argv, window, ids = ["down", "crash-d"], t_down, ["crash-d"]
         elif kind == "run":
             marker.unlink(missing_ok=True)
+            grandchild.unlink(missing_ok=True)
             # killed during its up (even i), or while the command runs (odd i)
             argv, window, ids = ["run", "crash-r", "--", *command], t_run, ["crash-r"]
         else:
@@ -271,6 +274,13 @@ def test_sigkill_during_down_run_and_reap_leaves_nothing_they_cannot_clean(
             for pid in ids:
                 assert envkit("down", pid).returncode == 0
         assert leftovers_of(settings, ids) == {}, f"kill {i} of {kind}"
+        if text:
+            started = int(grandchild.read_text().strip())
+            deadline = time.monotonic() + 2
+            while _alive(started) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not _alive(started), f"kill {i}: what the command started outlived the cleanup"
+            counts["run-grandchild-stopped"] += 1
 
     print(f"crash injection (down/run/reap): {dict(counts)}")
     assert counts["run-command-started"] >= KILLS_EACH // 2  # half the run kills waited for it
