@@ -2,13 +2,13 @@
 
 ``run`` gives its command a random marker in the environment variable ``ENVKIT_RUN_MARKER``
 (inherited by everything the command starts) and records, in the pipeline's record, the marker
-and its own pid and start time. A ``run`` killed with SIGKILL cannot stop its command: the
-command's own process gets SIGTERM from the kernel (``PR_SET_PDEATHSIG``), but what it started
-does not. So before ``down`` or ``reap`` destroys an environment whose recorded run owner is
-gone, they stop every process of this user that carries the marker: SIGTERM, then SIGKILL after
-a grace period. A run owner that still runs is left alone (its command is its business), and no
-process without the marker is ever signalled. Imported by lifecycle: standard library only at
-import time.
+with its own pid and start time (one entry per run: two runs may share an environment). A
+``run`` killed with SIGKILL cannot stop its command: the command's own process gets SIGTERM from
+the kernel (``PR_SET_PDEATHSIG``), but what it started does not. So before ``down`` or ``reap``
+destroys an environment whose recorded run owner is gone, they stop every process of this user
+that carries the marker: SIGTERM, then SIGKILL after a grace period. A run owner that still runs
+is left alone (its command is its business), and no process without the marker is ever
+signalled. Imported by lifecycle: standard library only at import time.
 """
 
 from __future__ import annotations
@@ -24,34 +24,54 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MARKER_VARIABLE = "ENVKIT_RUN_MARKER"
-RESOURCE = "run"  # the key of the record's resources that describes the run
+RESOURCE = "runs"  # the record's resources: marker -> {"pid", "start"} of each run using it
 GRACE = 5.0
 
 
-def new_run() -> dict[str, Any]:
-    """What ``run`` records about itself before it starts the command."""
+def new_run() -> tuple[str, dict[str, int]] | None:
+    """A marker for a new run and what ``run`` records under it about itself (pid, start
+    time); None where processes cannot be told apart (no ``/proc``): then nothing is recorded,
+    and nothing is ever stopped."""
     import secrets
 
-    return {"marker": secrets.token_hex(12), "pid": os.getpid(), "start": start_time(os.getpid())}
+    start = start_time(os.getpid())
+    if start is None:
+        return None
+    return secrets.token_hex(12), {"pid": os.getpid(), "start": start}
+
+
+def _stat(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` from field 3 (the state) on, or None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22): with
     the pid it names one process, even after the pid is reused."""
+    fields = _stat(pid)
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
         return None
 
 
 def owner_gone(run: dict[str, Any]) -> bool:
-    """Whether the envkit that recorded ``run`` no longer runs."""
+    """Whether the envkit that recorded ``run`` no longer runs: no such process, another
+    process under its pid, or its zombie (killed, not yet reaped by its parent)."""
     pid, start = run.get("pid"), run.get("start")
-    if not isinstance(pid, int) or pid == os.getpid():
+    if not isinstance(pid, int) or not isinstance(start, int) or pid == os.getpid():
         return False
-    now = start_time(pid)
-    return now is None or (start is not None and now != start)
+    fields = _stat(pid)
+    if not fields or fields[0] == "Z":
+        return True
+    try:
+        return int(fields[19]) != start
+    except (IndexError, ValueError):
+        return True
 
 
 def carriers(marker: str, pids: Iterable[int] | None = None) -> list[int]:
@@ -74,11 +94,26 @@ def carriers(marker: str, pids: Iterable[int] | None = None) -> list[int]:
 
 
 def stop_orphaned_command(pipeline_id: str, resources: dict[str, Any]) -> list[int]:
-    """Stop what a dead ``run`` of this pipeline left running; the pids signalled."""
-    run = resources.get(RESOURCE)
-    if not isinstance(run, dict) or not isinstance(run.get("marker"), str) or not owner_gone(run):
+    """Stop what dead ``run``s of this pipeline left running and forget those runs (in
+    ``resources``, which the caller saves); the pids signalled. Runs whose envkit still runs are
+    left alone.
+
+    Best effort, by the marker alone: a process that cleared its environment (``env -i``,
+    sudo, a container) or belongs to another user is not found. Processes forked during the
+    grace period are found by scanning again until none is left or the grace is over."""
+    runs = resources.get(RESOURCE)
+    if not isinstance(runs, dict):
         return []
-    found = carriers(run["marker"])
+    signalled: list[int] = []
+    for marker, owner in list(runs.items()):
+        if isinstance(owner, dict) and owner_gone(owner):
+            signalled += _stop(pipeline_id, marker)
+            del runs[marker]
+    return signalled
+
+
+def _stop(pipeline_id: str, marker: str) -> list[int]:
+    found = carriers(marker)
     if not found:
         return []
     log.warning(
@@ -87,15 +122,19 @@ def stop_orphaned_command(pipeline_id: str, resources: dict[str, Any]) -> list[i
         pipeline_id,
         " ".join(map(str, found)),
     )
-    from envkit.pgserver import process_alive
-
+    signalled = set(found)
     _signal(found, signal.SIGTERM)
-    left, deadline = found, time.monotonic() + GRACE
-    while left and time.monotonic() < deadline:
+    deadline = time.monotonic() + GRACE
+    while time.monotonic() < deadline:
         time.sleep(0.02)
-        left = [pid for pid in left if process_alive(pid, {})]
-    _signal(left, signal.SIGKILL)
-    return found
+        found = carriers(marker)
+        if not found:
+            return sorted(signalled)
+        _signal([pid for pid in found if pid not in signalled], signal.SIGTERM)
+        signalled.update(found)
+    # Still carrying the marker right now (so not a reused pid): kill.
+    _signal(carriers(marker, found), signal.SIGKILL)
+    return sorted(signalled)
 
 
 def _signal(pids: Iterable[int], sig: signal.Signals) -> None:
@@ -105,4 +144,14 @@ def _signal(pids: Iterable[int], sig: signal.Signals) -> None:
 
 
 def _all_pids() -> list[int]:
-    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    try:
+        return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:  # no /proc: nothing can be found (and new_run recorded nothing)
+        return []
+
+
+def without_marker(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment for envkit's own detached helpers (spare refills, trash removal): they
+    must not carry a run's marker, or cleaning up after that run would kill them mid-work."""
+    return {k: v for k, v in (os.environ if environ is None else environ).items()
+            if k != MARKER_VARIABLE}

@@ -311,18 +311,27 @@ def _destroy(provider: Provider, pipeline_id: str, record: Record | None) -> Non
     provider.destroy(pipeline_id, record)
 
 
-def note_run(ctx: Context, run: dict[str, object] | None) -> None:
-    """Record (or, with None, forget) the ``envkit run`` whose command uses the environment
-    (see envkit.commands)."""
+def note_run(ctx: Context, marker: str, owner: dict[str, int]) -> None:
+    """Record an ``envkit run`` whose command uses the environment (see envkit.commands); what
+    earlier runs whose envkit died (a killed run, retried) left running is stopped first."""
     with ctx.store.locked(ctx.pipeline_id, ctx.settings.lock_timeout):
         record = ctx.store.load(ctx.pipeline_id)
         if record is None:
             return
-        if run is None:
-            if record.resources.pop(RUN_RESOURCE, None) is None:
-                return
-        else:
-            record.resources[RUN_RESOURCE] = run
+        stop_orphaned_command(ctx.pipeline_id, record.resources)
+        record.resources.setdefault(RUN_RESOURCE, {})[marker] = owner
+        ctx.store.save(record)
+
+
+def forget_run(ctx: Context, marker: str) -> None:
+    """Drop a finished run's entry (its command has exited)."""
+    with ctx.store.locked(ctx.pipeline_id, ctx.settings.lock_timeout):
+        record = ctx.store.load(ctx.pipeline_id)
+        runs = record.resources.get(RUN_RESOURCE) if record is not None else None
+        if record is None or not isinstance(runs, dict) or runs.pop(marker, None) is None:
+            return
+        if not runs:
+            del record.resources[RUN_RESOURCE]
         ctx.store.save(record)
 
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from types import FrameType
-from typing import Any
 
 from envkit import commands, lifecycle
 from envkit.errors import ConfigError, EnvkitError
@@ -143,27 +142,37 @@ def run(
         signals.raise_now = False
         if on_ready is not None:
             on_ready(record)
-        run_info = _track(ctx, commands.new_run())
         environ = {**(env if env is not None else os.environ), **record.outputs}
-        if run_info is not None:
-            environ[commands.MARKER_VARIABLE] = run_info["marker"]
+        marker = _track(ctx)
+        if marker is not None:
+            environ[commands.MARKER_VARIABLE] = marker
         code = _execute(command, environ, signals, grace)
-        if run_info is not None:
-            _track(ctx, None)
+        if marker is not None:
+            _best_effort(ctx, lambda: lifecycle.forget_run(ctx, marker))
         interrupted = signals.received is not None
         return _finish(ctx, code, interrupted, record, on_success, on_failure, preserve_ttl or ttl)
 
 
-def _track(ctx: lifecycle.Context, run: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Record (or forget) this run in the pipeline's record, so that a ``down`` or ``reap``
-    after envkit was killed stops what the command left running (envkit.commands). Best effort:
-    a record that cannot be updated costs that cleanup, not the run."""
-    try:
-        lifecycle.note_run(ctx, run)
-    except EnvkitError as exc:
-        log.warning("could not record the run in %s's record: %s", ctx.pipeline_id, exc)
+def _track(ctx: lifecycle.Context) -> str | None:
+    """Record this run in the pipeline's record, so that a ``down`` or ``reap`` after envkit was
+    killed stops what the command left running (envkit.commands); the command's marker, or None
+    when nothing could be recorded."""
+    new = commands.new_run()
+    if new is None:
         return None
-    return run
+    marker, owner = new
+    return marker if _best_effort(ctx, lambda: lifecycle.note_run(ctx, marker, owner)) else None
+
+
+def _best_effort(ctx: lifecycle.Context, update: Callable[[], None]) -> bool:
+    """Run a record update for the run's bookkeeping; a failure costs that cleanup, never the
+    run (its command, its exit code, the policy)."""
+    try:
+        update()
+    except (EnvkitError, OSError) as exc:
+        log.warning("could not update %s's record for this run: %s", ctx.pipeline_id, exc)
+        return False
+    return True
 
 
 def _finish(

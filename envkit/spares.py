@@ -27,6 +27,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from envkit.commands import without_marker
 from envkit.pgserver import COPY_COMMAND, copy_tree
 
 log = logging.getLogger(__name__)
@@ -272,6 +273,7 @@ def refill(template: Path, *, resting: int = SPARES) -> bool:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=without_marker(),  # not one of a run's processes: its cleanup must spare it
             start_new_session=True,
             close_fds=True,
             pass_fds=(lock,),

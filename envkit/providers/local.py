@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from envkit.commands import without_marker
 from envkit.errors import ProvisionError
 from envkit.health import PostgresProbe, Probe
 from envkit.loopback import AddressBook, bind_error, free_port
@@ -381,6 +382,7 @@ def empty_trash_later(trash: Path) -> None:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=without_marker(),  # not one of a run's processes: its cleanup must spare it
         start_new_session=True,
         close_fds=True,
     )
