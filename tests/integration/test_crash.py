@@ -11,6 +11,7 @@ as well as mid-start.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import random
@@ -228,61 +229,69 @@ def test_sigkill_during_down_run_and_reap_leaves_nothing_they_cannot_clean(
     t_reap = _timed("reap")
 
     counts: Counter[str] = Counter()
-    for i in range(3 * KILLS_EACH):
-        kind = ("down", "run", "reap")[i % 3]
-        if kind == "down":
-            up_one("crash-d")
-            argv, window, ids = ["down", "crash-d"], t_down, ["crash-d"]
-        elif kind == "run":
-            marker.unlink(missing_ok=True)
-            grandchild.unlink(missing_ok=True)
-            # killed during its up, or (half of them) while the command runs
-            argv, window, ids = ["run", "crash-r", "--", *command], t_run, ["crash-r"]
-        else:
-            ids = [f"crash-x{k}" for k in range(3)]
-            for pid in ids:
-                expire(up_one(pid))
-            argv, window = ["reap"], t_reap
-        proc = subprocess.Popen([sys.executable, "-m", "envkit", *argv],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if kind == "run" and (i // 6) % 2 == 0:  # once the command runs, however slow the up
-            deadline = time.monotonic() + 60
-            while proc.poll() is None and time.monotonic() < deadline and not (
-                marker.exists() and marker.read_text().strip()
-            ):
-                time.sleep(0.005)
-            window = 0.3
-        time.sleep(rng.uniform(0.0, window))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        counts[kind] += 1
-        text = marker.read_text().strip() if kind == "run" and marker.exists() else ""
-        if text:  # the command had started (empty: killed mid-echo, no pid to check)
-            child = int(text)
-            deadline = time.monotonic() + 5
-            while _alive(child) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert not _alive(child), "the command of a killed run still runs"
-            counts["run-command-started"] += 1
-        if i % 2 == 0:
-            if kind == "run" and (record := store.load("crash-r")) is not None:
-                expire(record)  # its TTL passes: reap, not down, must stop what the run left
-            report = reap(settings)
-            assert report.errors == [], report.errors
-            for pid in ids:  # a ready environment the kill came too late for: down cleans it
-                if StateStore(settings.home).load(pid) is not None:
-                    lifecycle.down(lifecycle.Context.build(pid, settings))
-        else:
-            for pid in ids:
-                assert envkit("down", pid).returncode == 0
-        assert leftovers_of(settings, ids) == {}, f"kill {i} of {kind}"
-        if text:
-            started = int(grandchild.read_text().strip())
-            deadline = time.monotonic() + 2
-            while _alive(started) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert not _alive(started), f"kill {i}: what the command started outlived the cleanup"
-            counts["run-grandchild-stopped"] += 1
+    seen: list[int] = []  # the commands' pids: killed at the end whatever happened
+    try:
+        for i in range(3 * KILLS_EACH):
+            kind = ("down", "run", "reap")[i % 3]
+            if kind == "down":
+                up_one("crash-d")
+                argv, window, ids = ["down", "crash-d"], t_down, ["crash-d"]
+            elif kind == "run":
+                marker.unlink(missing_ok=True)
+                grandchild.unlink(missing_ok=True)
+                # killed during its up, or (half of them) while the command runs
+                argv, window, ids = ["run", "crash-r", "--", *command], t_run, ["crash-r"]
+            else:
+                ids = [f"crash-x{k}" for k in range(3)]
+                for pid in ids:
+                    expire(up_one(pid))
+                argv, window = ["reap"], t_reap
+            proc = subprocess.Popen([sys.executable, "-m", "envkit", *argv],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if kind == "run" and (i // 6) % 2 == 0:  # once the command runs, however slow the up
+                deadline = time.monotonic() + 60
+                while proc.poll() is None and time.monotonic() < deadline and not (
+                    marker.exists() and marker.read_text().strip()
+                ):
+                    time.sleep(0.005)
+                window = 0.3
+            time.sleep(rng.uniform(0.0, window))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            counts[kind] += 1
+            text = marker.read_text().strip() if kind == "run" and marker.exists() else ""
+            if text:  # the command had started (empty: killed mid-echo, no pid to check)
+                child = int(text)
+                seen += [child, int(grandchild.read_text().strip())]
+                deadline = time.monotonic() + 5
+                while _alive(child) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert not _alive(child), "the command of a killed run still runs"
+                counts["run-command-started"] += 1
+            if i % 2 == 0:
+                if kind == "run" and (record := store.load("crash-r")) is not None:
+                    expire(record)  # its TTL passes: reap, not down, must stop what the run left
+                report = reap(settings)
+                assert report.errors == [], report.errors
+                for pid in ids:  # a ready environment the kill came too late for: down cleans it
+                    if StateStore(settings.home).load(pid) is not None:
+                        lifecycle.down(lifecycle.Context.build(pid, settings))
+            else:
+                for pid in ids:
+                    assert envkit("down", pid).returncode == 0
+            assert leftovers_of(settings, ids) == {}, f"kill {i} of {kind}"
+            if text:
+                started = int(grandchild.read_text().strip())
+                deadline = time.monotonic() + 2
+                while _alive(started) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert not _alive(started), f"kill {i}: the command's child outlived the cleanup"
+                counts["run-grandchild-stopped"] += 1
+    finally:
+        for pid in seen:
+            with contextlib.suppress(OSError):  # still ours (not a reused pid): kill
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith((b"sleep\0", b"sh\0")):
+                    os.kill(pid, signal.SIGKILL)
 
     print(f"crash injection (down/run/reap): {dict(counts)}")
     assert counts["run-command-started"] >= KILLS_EACH // 2  # half the run kills waited for it
