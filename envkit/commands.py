@@ -40,38 +40,25 @@ def new_run() -> tuple[str, dict[str, int]] | None:
     return secrets.token_hex(12), {"pid": os.getpid(), "start": start}
 
 
-def _stat(pid: int) -> list[str] | None:
-    """``/proc/<pid>/stat`` from field 3 (the state) on, or None when the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22): with
     the pid it names one process, even after the pid is reused."""
-    fields = _stat(pid)
     try:
-        return int(fields[19]) if fields else None
-    except (IndexError, ValueError):
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
         return None
 
 
 def owner_gone(run: dict[str, Any]) -> bool:
-    """Whether the envkit that recorded ``run`` no longer runs: no such process, another
-    process under its pid, or its zombie (killed, not yet reaped by its parent)."""
+    """Whether the envkit that recorded ``run`` no longer runs: no such process, its zombie
+    (killed, not yet reaped by its parent), or another process under its pid."""
+    from envkit.pgserver import process_alive
+
     pid, start = run.get("pid"), run.get("start")
     if not isinstance(pid, int) or not isinstance(start, int) or pid == os.getpid():
         return False
-    fields = _stat(pid)
-    if not fields or fields[0] == "Z":
-        return True
-    try:
-        return int(fields[19]) != start
-    except (IndexError, ValueError):
-        return True
+    return not process_alive(pid, {}) or start_time(pid) != start
 
 
 def carriers(marker: str, pids: Iterable[int] | None = None) -> list[int]:
@@ -148,6 +135,23 @@ def _all_pids() -> list[int]:
         return [int(e) for e in os.listdir("/proc") if e.isdigit()]
     except OSError:  # no /proc: nothing can be found (and new_run recorded nothing)
         return []
+
+
+def spawn_helper(argv: list[str], *, pass_fds: tuple[int, ...] = ()) -> None:
+    """Start one of envkit's own detached helpers (spare refill, trash removal): its own session,
+    no terminal, no inherited descriptors but ``pass_fds``, and no run's marker."""
+    import subprocess
+
+    subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=without_marker(),
+        start_new_session=True,
+        close_fds=True,
+        pass_fds=pass_fds,
+    )
 
 
 def without_marker(environ: dict[str, str] | None = None) -> dict[str, str]:

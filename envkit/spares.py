@@ -23,12 +23,12 @@ import fcntl
 import logging
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
-from envkit.commands import without_marker
+from envkit.commands import spawn_helper
 from envkit.pgserver import COPY_COMMAND, copy_tree
+from envkit.state import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +190,7 @@ def remember_resting(spares: Path, resting: int) -> None:
     with contextlib.suppress(OSError):
         if resting_of(spares, -1) != resting:
             spares.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = spares / f".resting.{os.getpid()}"
-            tmp.write_text(str(resting))
-            os.replace(tmp, spares / ".resting")
+            write_atomic(spares / ".resting", str(resting).encode())
 
 
 def resting_of(spares: Path, default: int) -> int:
@@ -231,9 +229,7 @@ def template_bytes(template: Path, spares: Path) -> int:
     if size == 0:  # the template is gone (pruned meanwhile): nothing worth remembering
         return 1 << 40
     with contextlib.suppress(OSError):
-        tmp = spares / f".bytes.{os.getpid()}"
-        tmp.write_text(str(size))
-        os.replace(tmp, cache)
+        write_atomic(cache, str(size).encode())
     return size
 
 
@@ -256,7 +252,7 @@ def refill(template: Path, *, resting: int = SPARES) -> bool:
             (spares / ".misses").unlink(missing_ok=True)
         cap = min(largest(resting), room)  # misses recorded while it runs grow it up to this
         want = min(want, room)
-        subprocess.Popen(
+        spawn_helper(
             [
                 "sh",
                 "-c",
@@ -270,12 +266,6 @@ def refill(template: Path, *, resting: int = SPARES) -> bool:
                 str(cap),
                 str(len(os.sched_getaffinity(0)) or 2),
             ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=without_marker(),  # not one of a run's processes: its cleanup must spare it
-            start_new_session=True,
-            close_fds=True,
             pass_fds=(lock,),
         )
         return True

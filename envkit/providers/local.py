@@ -13,13 +13,12 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from envkit.commands import without_marker
+from envkit.commands import spawn_helper
 from envkit.errors import ProvisionError
 from envkit.health import PostgresProbe, Probe
 from envkit.loopback import AddressBook, bind_error, free_port
@@ -377,12 +376,4 @@ def empty_trash_later(trash: Path) -> None:
         "import shutil,sys,pathlib\n"
         "for p in pathlib.Path(sys.argv[1]).iterdir(): shutil.rmtree(p, ignore_errors=True)"
     )
-    subprocess.Popen(
-        ["nice", "-n", "19", sys.executable, "-c", code, str(trash)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=without_marker(),  # not one of a run's processes: its cleanup must spare it
-        start_new_session=True,
-        close_fds=True,
-    )
+    spawn_helper(["nice", "-n", "19", sys.executable, "-c", code, str(trash)])
