@@ -28,6 +28,7 @@ import pytest
 from conftest import kill_processes_under
 
 from envkit import lifecycle
+from envkit.pgserver import process_alive
 from envkit.providers.local import Layout
 from envkit.reaper import inventory, reap
 from envkit.settings import Settings
@@ -181,15 +182,6 @@ def test_sigkill_during_up_leaves_nothing_reap_or_down_cannot_clean(
 KILLS_EACH = 10
 
 
-def _alive(pid: int) -> bool:
-    """Running, not a zombie waiting for its reaper."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
-
 def _timed(*args: str) -> float:
     started = time.perf_counter()
     done = envkit(*args)
@@ -264,9 +256,9 @@ def test_sigkill_during_down_run_and_reap_leaves_nothing_they_cannot_clean(
                 child = int(text)
                 seen += [child, int(grandchild.read_text().strip())]
                 deadline = time.monotonic() + 5
-                while _alive(child) and time.monotonic() < deadline:
+                while process_alive(child, {}) and time.monotonic() < deadline:
                     time.sleep(0.01)
-                assert not _alive(child), "the command of a killed run still runs"
+                assert not process_alive(child, {}), "the command of a killed run still runs"
                 counts["run-command-started"] += 1
             if i % 2 == 0:
                 if kind == "run" and (record := store.load("crash-r")) is not None:
@@ -283,9 +275,9 @@ def test_sigkill_during_down_run_and_reap_leaves_nothing_they_cannot_clean(
             if text:
                 started = int(grandchild.read_text().strip())
                 deadline = time.monotonic() + 2
-                while _alive(started) and time.monotonic() < deadline:
+                while process_alive(started, {}) and time.monotonic() < deadline:
                     time.sleep(0.01)
-                assert not _alive(started), f"kill {i}: the command's child outlived the cleanup"
+                assert not process_alive(started, {}), f"kill {i}: the command's child lived on"
                 counts["run-grandchild-stopped"] += 1
     finally:
         for pid in seen:
