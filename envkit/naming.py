@@ -39,13 +39,19 @@ def validate_pipeline_id(raw: str) -> str:
             "are allowed.",
             hint="Use a shorter ID; envkit shortens derived names itself.",
         )
-    if not _ID_RE.match(candidate):
+    if not _ID_RE.fullmatch(candidate):
         shown = ascii(raw) if len(raw) <= 80 else ascii(raw[:80]) + "…"
         raise ConfigError(
             f"The pipeline ID {shown} is not valid: use lower-case letters, digits and '-', "
             "starting with a letter or digit (for example 'pr-42').",
         )
     return candidate
+
+
+def is_pipeline_id(text: str) -> bool:
+    """Whether ``text`` already is a valid pipeline ID, exactly as given (no case folding):
+    the check for IDs read back from file names, records and reservations."""
+    return len(text) <= MAX_ID_LENGTH and _ID_RE.fullmatch(text) is not None
 
 
 def normalise(raw: str) -> str:
@@ -148,7 +154,7 @@ def rds_identifier(pipeline_id: str, kind: str = "db") -> str:
 
 def is_valid_rds_identifier(name: str) -> bool:
     """Whether ``name`` meets the RDS identifier rules."""
-    return len(name) <= RDS_IDENTIFIER_LIMIT and bool(_RDS_IDENTIFIER_RE.match(name))
+    return len(name) <= RDS_IDENTIFIER_LIMIT and bool(_RDS_IDENTIFIER_RE.fullmatch(name))
 
 
 def pg_database_name(pipeline_id: str) -> str:
@@ -163,7 +169,7 @@ def pg_database_name(pipeline_id: str) -> str:
 
 def is_valid_pg_database_name(name: str) -> bool:
     """Whether ``name`` meets the RDS PostgreSQL DBName rules."""
-    return len(name) <= PG_DATABASE_NAME_LIMIT and bool(_PG_DATABASE_NAME_RE.match(name))
+    return len(name) <= PG_DATABASE_NAME_LIMIT and bool(_PG_DATABASE_NAME_RE.fullmatch(name))
 
 
 def aws_tag_value(value: str) -> str:

@@ -48,7 +48,7 @@ def render_env(outputs: Mapping[str, str], *, show_secrets: bool) -> str:
     """``KEY=value`` lines (dotenv; values quoted when needed), sourceable by sh."""
     lines = []
     for key, value in visible(outputs, show_secrets).items():
-        shown = value if _SAFE_ENV_VALUE.match(value) else shlex.quote(value)
+        shown = value if _SAFE_ENV_VALUE.fullmatch(value) else shlex.quote(value)
         lines.append(f"{key}={shown}")
     return "\n".join(lines) + "\n"
 

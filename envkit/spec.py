@@ -200,7 +200,7 @@ def aws_services(spec: EnvSpec) -> list[dict[str, Any]]:
     spec.check_provider("aws")
     found = []
     for service in spec.services:
-        if not _AWS_NAME.match(service.name):
+        if not _AWS_NAME.fullmatch(service.name):
             raise _error(
                 spec.source,
                 f"services.{service.name}",
@@ -356,7 +356,7 @@ class _Parser:
         found = []
         for name, raw in data.items():
             path = f"databases.{name}"
-            if not _DB_NAME.match(name):
+            if not _DB_NAME.fullmatch(name):
                 raise self.error(
                     path, "has an invalid name: use [a-z][a-z0-9_]*, at most 40 characters."
                 )
@@ -374,7 +374,7 @@ class _Parser:
                     )
             settings: dict[str, str] = {}
             for key, value in self.table(table.get("settings", {}), f"{path}.settings").items():
-                if not re.match(r"^[a-z_][a-z0-9_.]*$", key):
+                if not re.fullmatch(r"[a-z_][a-z0-9_.]*", key):
                     raise self.error(f"{path}.settings.{key}", "is not a PostgreSQL setting name.")
                 if isinstance(value, bool):
                     settings[key] = "on" if value else "off"
@@ -434,7 +434,7 @@ class _Parser:
 
     def service(self, name: str, data: Mapping[str, Any]) -> ServiceSpec:
         path = f"services.{name}"
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise self.error(path, "has an invalid name: use [a-z][a-z0-9_-]*, at most 40.")
         if name in RESERVED_SERVICE_NAMES:
             raise self.error(path, f"uses the reserved name {name!r}; choose another.")
@@ -454,7 +454,7 @@ class _Parser:
         port = self.port(data.get("port"), f"{path}.port")
         env: dict[str, str] = {}
         for key, value in self.table(data.get("env", {}), f"{path}.env").items():
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise self.error(f"{path}.env.{key}", "is not a valid variable name.")
             if isinstance(value, bool) or not isinstance(value, str | int | float):
                 raise self.error(

@@ -37,7 +37,7 @@ class ServiceArgs:
     desired_count: int = 1
 
     def __post_init__(self) -> None:
-        if not _SERVICE_NAME.match(self.name):
+        if not _SERVICE_NAME.fullmatch(self.name):
             raise ValueError(
                 f"service name {self.name!r}: use 1-32 lower-case letters, digits and '-', "
                 "starting with a letter"
