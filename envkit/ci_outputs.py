@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets as _random
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,29 +115,42 @@ def _append(path: str, text: str) -> Path:
     return target
 
 
+def in_github_actions(environ: Mapping[str, str]) -> bool:
+    """Whether this runs as a GitHub Actions step (the runner sets ``GITHUB_ACTIONS=true``)."""
+    return environ.get("GITHUB_ACTIONS") == "true"
+
+
 def write_github(
     outputs: Mapping[str, str],
     info: EnvironmentInfo,
     environ: Mapping[str, str] | None = None,
+    *,
+    show_secrets: bool = False,
 ) -> GithubResult:
     """Hand the outputs to GitHub Actions.
 
-    Returns the masks (always first) plus, when neither ``$GITHUB_OUTPUT`` nor ``$GITHUB_ENV``
-    is set, ``KEY=value`` lines, for the caller to print. The masks must reach stdout before the
-    files are read by the runner; the files are only read after the step, so printing them after
-    this call returns is early enough.
+    Appends every output (real values) to ``$GITHUB_OUTPUT`` / ``$GITHUB_ENV`` and a redacted
+    summary to ``$GITHUB_STEP_SUMMARY`` when they are set, and returns the text for the caller
+    to print: inside Actions, the masks first (the runner hides those values in every later log
+    line; the files are read only after the step, so printing after this returns is early
+    enough); when neither file is set, ``KEY=value`` lines.
+
+    No secret reaches that text without ``show_secrets``: outside Actions an ``::add-mask::``
+    line is the secret in clear (nothing hides it), and ``KEY=value`` lines on stdout end up in
+    a log, masked or not; so both are left out or redacted unless ``show_secrets`` asks.
     """
     env = os.environ if environ is None else environ
     written: list[Path] = []
     entries = render_github_file(outputs)
+    to_files = bool(env.get(GITHUB_OUTPUT) or env.get(GITHUB_ENV))
     for name in (GITHUB_OUTPUT, GITHUB_ENV):
         if env.get(name):
             written.append(_append(env[name], entries))
     if env.get(GITHUB_STEP_SUMMARY):
         written.append(_append(env[GITHUB_STEP_SUMMARY], render_step_summary(outputs, info)))
-    stdout = github_masks(outputs)
-    if not (env.get(GITHUB_OUTPUT) or env.get(GITHUB_ENV)):
-        stdout += render_env(outputs, show_secrets=True)
+    stdout = github_masks(outputs) if in_github_actions(env) or show_secrets else ""
+    if not to_files:
+        stdout += render_env(outputs, show_secrets=show_secrets)
     return GithubResult(stdout=stdout, written=tuple(written))
 
 
@@ -147,7 +161,7 @@ def write_env_file(outputs: Mapping[str, str], path: Path) -> Path:
     values go in as they are; a value with a newline is refused rather than silently split.
     The file is replaced atomically and is never world-readable, not even for a moment.
     """
-    from envkit.errors import ConfigError
+    from envkit.errors import ConfigError, EnvkitError
 
     lines: list[str] = []
     for key, value in outputs.items():
@@ -158,21 +172,37 @@ def write_env_file(outputs: Mapping[str, str], path: Path) -> Path:
             )
         lines.append(f"{key}={value}\n")
     path = path.expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("".join(lines))
-        os.chmod(scratch, 0o600)
-        os.replace(scratch, path)
-    except BaseException:
-        scratch.unlink(missing_ok=True)
-        raise
+        _replace_private(path, "".join(lines))
+    except OSError as exc:
+        raise EnvkitError(
+            f"Cannot write the env file {path}: {exc.strerror or exc}.",
+            hint="Give --env-file a path in a directory you can write (not a directory itself).",
+        ) from exc
     return path
 
 
-def write_github_for(record: Record, environ: Mapping[str, str] | None = None) -> GithubResult:
+def _replace_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp: a random name opened O_CREAT|O_EXCL (a planted file or symlink is never opened,
+    # let alone followed) with mode 0600 before any byte is written. A predictable name
+    # (.<name>.<pid>.tmp) let a local user who can write the directory plant symlinks for
+    # upcoming pids and have the outputs, password included, written over a file of their
+    # choosing. os.replace then swaps the directory entry itself: when ``path`` is a symlink,
+    # the link is replaced, its target never written.
+    fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(scratch, path)
+    except BaseException:
+        Path(scratch).unlink(missing_ok=True)
+        raise
+
+
+def write_github_for(
+    record: Record, environ: Mapping[str, str] | None = None, *, show_secrets: bool = False
+) -> GithubResult:
     """:func:`write_github` for a stored environment record."""
     info = EnvironmentInfo(
         pipeline_id=record.pipeline_id,
@@ -181,4 +211,4 @@ def write_github_for(record: Record, environ: Mapping[str, str] | None = None) -
         expires_at=record.expires_at,
         timings=record.timings,
     )
-    return write_github(record.outputs, info, environ)
+    return write_github(record.outputs, info, environ, show_secrets=show_secrets)
