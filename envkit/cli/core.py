@@ -114,7 +114,7 @@ def show_record(record: Record, output_format: OutputFormat, show_secrets: bool)
     elif output_format is OutputFormat.env:
         print(render_env(record.outputs, show_secrets=show_secrets), end="")
     elif output_format is OutputFormat.github:
-        print(write_github_for(record).stdout, end="")
+        print(write_github_for(record, show_secrets=show_secrets).stdout, end="")
     else:
         out = console()
         total = record.timings.get("total")
@@ -220,6 +220,6 @@ def outputs(
     if output_format is OutputsFormat.json:
         print(render_json(record.outputs, show_secrets=show_secrets), end="")
     elif output_format is OutputsFormat.github:
-        print(write_github_for(record).stdout, end="")
+        print(write_github_for(record, show_secrets=show_secrets).stdout, end="")
     else:
         print(render_env(record.outputs, show_secrets=show_secrets), end="")

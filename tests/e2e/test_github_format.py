@@ -43,7 +43,8 @@ def assert_masked_first(stdout: str, secret: str) -> None:
 def test_up_format_github_writes_runner_files(envkit_home: Path, tmp_path: Path) -> None:
     files = {name: tmp_path / name.lower() for name in
              ("GITHUB_OUTPUT", "GITHUB_ENV", "GITHUB_STEP_SUMMARY")}
-    env = {**os.environ, **{name: str(path) for name, path in files.items()}}
+    env = {**os.environ, **{name: str(path) for name, path in files.items()},
+           "GITHUB_ACTIONS": "true"}
     result = envkit("up", "gh-e2e", "--format", "github", env=env)
     assert result.returncode == 0, result.stderr
     password = password_of("gh-e2e")
@@ -65,11 +66,31 @@ def test_up_format_github_writes_runner_files(envkit_home: Path, tmp_path: Path)
     assert files["GITHUB_OUTPUT"].read_text().count(f"DATABASE_PASSWORD={password}") == 2
 
 
-def test_up_format_github_without_runner_prints_masks_then_values(envkit_home: Path) -> None:
+def test_up_format_github_outside_actions_prints_no_secret(envkit_home: Path) -> None:
+    # Outside GitHub Actions nothing hides an ::add-mask:: line (it is the password in clear)
+    # and the KEY=value lines go to stdout: without --show-secrets, both stay redacted.
     env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
     result = envkit("up", "gh-plain", "--format", "github", env=env)
     assert result.returncode == 0, result.stderr
     password = password_of("gh-plain")
+    assert password not in result.stdout + result.stderr
+    assert "::add-mask::" not in result.stdout
+    assert "DATABASE_PASSWORD='********'" in result.stdout.splitlines()
+    again = envkit("outputs", "gh-plain", "--format", "github", env=env)
+    assert again.returncode == 0, again.stderr
+    assert password not in again.stdout + again.stderr
+    # In Actions with no runner file, stdout still gets no real value; masks come first.
+    in_actions = envkit("outputs", "gh-plain", "--format", "github",
+                        env={**env, "GITHUB_ACTIONS": "true"})
+    assert in_actions.returncode == 0, in_actions.stderr
+    assert_masked_first(in_actions.stdout, password)
+
+
+def test_format_github_show_secrets_prints_masks_then_values(envkit_home: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
+    result = envkit("up", "gh-shown", "--format", "github", "--show-secrets", env=env)
+    assert result.returncode == 0, result.stderr
+    password = password_of("gh-shown")
     lines = result.stdout.splitlines()
     assert lines[0] == f"::add-mask::{password}"
     assert f"DATABASE_PASSWORD={password}" in lines

@@ -75,6 +75,7 @@ def test_file_entry_single_and_multiline() -> None:
 def test_write_github_writes_all_three_files(tmp_path: Path) -> None:
     env = {name: str(tmp_path / name) for name in
            ("GITHUB_OUTPUT", "GITHUB_ENV", "GITHUB_STEP_SUMMARY")}
+    env["GITHUB_ACTIONS"] = "true"
     result = write_github(OUTPUTS, INFO, env)
     assert len(result.written) == 3
     assert result.stdout == f"::add-mask::{PASSWORD}\n"
@@ -93,14 +94,49 @@ def test_write_github_appends(tmp_path: Path) -> None:
     assert out.read_text() == "EARLIER=1\nA=1\n"
 
 
-def test_write_github_without_runner_files_prints_masks_then_values() -> None:
-    result = write_github(OUTPUTS, INFO, {})
+def test_write_github_without_runner_files_and_show_secrets_prints_masks_then_values() -> None:
+    result = write_github(OUTPUTS, INFO, {"GITHUB_ACTIONS": "true"}, show_secrets=True)
     lines = result.stdout.splitlines()
     assert result.written == ()
     assert lines[0] == f"::add-mask::{PASSWORD}"
     first_value = next(i for i, line in enumerate(lines) if PASSWORD in line and "mask" not in line)
     assert all(line.startswith("::add-mask::") for line in lines[:first_value])
     assert f"DATABASE_PASSWORD={PASSWORD}" in lines
+
+
+@pytest.mark.parametrize("environ", [{}, {"GITHUB_ACTIONS": "false"}, {"CI": "true"}],
+                         ids=["bare", "actions-false", "other-ci"])
+def test_write_github_outside_actions_prints_no_secret(environ: dict[str, str]) -> None:
+    # Outside Actions nothing hides an ::add-mask:: line: it would print the password itself.
+    result = write_github(OUTPUTS, INFO, environ)
+    assert PASSWORD not in result.stdout
+    assert "::add-mask::" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert "DATABASE_PASSWORD='********'" in lines
+    assert "DATABASE_HOST=127.0.0.5" in lines
+    assert any(line.startswith("DATABASE_URL=") and "app:" in line for line in lines)
+
+
+def test_write_github_in_actions_without_files_masks_and_redacts() -> None:
+    # Inside Actions but with no file to write to, the values would go to the log: the masks
+    # hide them there, yet the rule is still that stdout carries no secret unless asked.
+    result = write_github(OUTPUTS, INFO, {"GITHUB_ACTIONS": "true"})
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"::add-mask::{PASSWORD}"
+    assert [line for line in lines if PASSWORD in line] == [f"::add-mask::{PASSWORD}"]
+    assert "DATABASE_PASSWORD='********'" in lines
+
+
+def test_write_github_outside_actions_with_show_secrets_prints_values() -> None:
+    result = write_github(OUTPUTS, INFO, {}, show_secrets=True)
+    assert f"DATABASE_PASSWORD={PASSWORD}" in result.stdout.splitlines()
+
+
+def test_write_github_outside_actions_still_writes_named_files(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = write_github(OUTPUTS, INFO, {"GITHUB_OUTPUT": str(out)})
+    assert result.stdout == ""  # no mask line: outside Actions it would show the password
+    assert parse_github_file(out.read_text()) == OUTPUTS
 
 
 def test_step_summary_escapes_pipes_and_never_holds_a_secret() -> None:
