@@ -13,6 +13,7 @@ import hashlib
 import importlib.resources
 import importlib.util
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from envkit.errors import ConfigError
-from envkit.settings import Settings
+from envkit.settings import MAX_SCALE, Settings
 
 DEFINITION = "dataset.toml"
 DEFAULT_DATASET = "default"
@@ -307,7 +308,10 @@ def _read(folder: Traversable, name: Any, where: str) -> str:
 
 
 def check_scale(scale: float) -> float:
-    """``scale`` when it is a positive number, else ``ConfigError``."""
-    if not scale > 0:
-        raise ConfigError(f"--scale must be positive, not {scale}.")
+    """``scale`` when it is a finite number in (0, MAX_SCALE], else ``ConfigError``."""
+    if not (math.isfinite(scale) and 0 < scale <= MAX_SCALE):
+        raise ConfigError(
+            f"The scale (--scale, ENVKIT_SEED_SCALE) must be a number greater than 0 and at "
+            f"most {MAX_SCALE:g}, not {scale!r}."
+        )
     return float(scale)

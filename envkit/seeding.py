@@ -34,7 +34,7 @@ TEMPLATE_RESOURCE = "seed_template"  # record.resources key: which seeded templa
 
 def scale_of(settings: Settings) -> float:
     """The row-count multiplier from settings (``--scale`` / ENVKIT_SEED_SCALE)."""
-    return datasets.check_scale(float(getattr(settings, "seed_scale", 1.0) or 1.0))
+    return datasets.check_scale(float(settings.seed_scale))  # 0 is refused, not read as 1
 
 
 def template_name(dataset: datasets.Dataset, scale: float) -> str:

@@ -9,6 +9,7 @@ explicit ``0`` or ``""`` still wins.
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import socket
 import tomllib
@@ -60,28 +61,110 @@ def _path(value: str) -> Path:
     return Path(value).expanduser()
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        return parse_duration(value, what="timeout").total_seconds()
-    if seconds < 0:
-        raise ConfigError(f"A timeout of {value!r} seconds is negative.")
-    return seconds
+# Limits of the numeric settings. Every one is finite and in a named range; a value outside
+# it is a ConfigError naming the variable, the option and the range (exit 2, nothing created).
+MAX_SCALE = 1000.0
+"""The largest ``--scale``: the shipped dataset is 10,000 rows at 1, so 1000 is 10 million rows,
+about a minute of loading at the ~240k rows/s measured and gigabytes of data: beyond any test
+fixture (and ``/dev/shm``). Above it a typo (``1e9``) would run for hours."""
+MAX_TIMEOUT = 24 * 3600.0
+"""The longest lock or health timeout, in seconds: a CI job that waits a day is stuck."""
+MAX_SPARES = 64
+MAX_TTL = timedelta(days=366)  # parse_duration's limit too
 
 
-def _spares(value: str) -> int:
-    problem = (
-        "The spare pool size (ENVKIT_SPARES, spares) must be a whole number from 0 (no pool) "
-        f"to 64, not {value!r}."
-    )
-    try:
-        count = int(value)
-    except ValueError:
-        raise ConfigError(problem) from None
-    if not 0 <= count <= 64:
+@dataclass(frozen=True)
+class _Range:
+    """The allowed values of a numeric setting."""
+
+    low: float
+    high: float
+    low_included: bool = True
+    integer: bool = False
+    unit: str = ""
+    note: str = ""
+
+    def describe(self) -> str:
+        kind = "a whole number" if self.integer else "a number"
+        unit = f" {self.unit}" if self.unit else ""
+        note = f" ({self.note})" if self.note else ""
+        if self.low_included:
+            return f"{kind} from {self.low:g} to {self.high:g}{unit}{note}"
+        return f"{kind} greater than {self.low:g} and at most {self.high:g}{unit}{note}"
+
+
+_RANGES: dict[str, _Range] = {
+    "seed_scale": _Range(
+        0.0, MAX_SCALE, low_included=False, note="it multiplies the dataset's row counts"
+    ),
+    "lock_timeout": _Range(0.0, MAX_TIMEOUT, unit="seconds", note="0: do not wait"),
+    "health_timeout": _Range(0.0, MAX_TIMEOUT, unit="seconds", note="0: check once"),
+    "spares": _Range(0, MAX_SPARES, integer=True, note="0: no pool"),
+}
+_ENV_VARS = {
+    "seed_scale": "ENVKIT_SEED_SCALE",
+    "lock_timeout": "ENVKIT_LOCK_TIMEOUT",
+    "health_timeout": "ENVKIT_HEALTH_TIMEOUT",
+    "spares": "ENVKIT_SPARES",
+    "ttl": "ENVKIT_TTL",
+    "preserve_ttl": "ENVKIT_PRESERVE_TTL",
+    "template_ttl": "ENVKIT_TEMPLATE_TTL",
+}
+_OPTIONS = {"seed_scale": "--scale", "health_timeout": "--timeout", "ttl": "--ttl"}
+
+
+def _label(name: str) -> str:
+    """How a message names a setting: its variable and its CLI option (or setting name)."""
+    return f"{_ENV_VARS[name]} ({_OPTIONS.get(name) or name})"
+
+
+def _check_number(name: str, value: Any, given: str | None = None) -> Any:
+    """``value`` when it is a finite number in the range of setting ``name``, else ConfigError
+    (naming ``given``, the text it was parsed from, when there was one)."""
+    limits = _RANGES[name]
+    shown = given if given is not None else repr(value)
+    problem = f"{_label(name)} must be {limits.describe()}, not {shown}."
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ConfigError(problem)
-    return count
+    if limits.integer:
+        if value != int(value):
+            raise ConfigError(problem)
+        value = int(value)
+    above_low = value >= limits.low if limits.low_included else value > limits.low
+    if not (above_low and value <= limits.high):
+        raise ConfigError(problem)
+    return value
+
+
+def _parse_number(name: str, text: str) -> Any:
+    """A numeric setting given as text (environment, pyproject, the text of an option)."""
+    limits = _RANGES[name]
+    try:
+        value: float = int(text) if limits.integer else float(text)
+    except ValueError:
+        if limits.unit != "seconds":
+            problem = f"{_label(name)} must be {limits.describe()}, not {text!r}."
+            raise ConfigError(problem) from None
+        try:  # a duration such as 30s or 2m
+            value = parse_duration(text, what="timeout").total_seconds()
+        except ConfigError:
+            raise ConfigError(
+                f"{_label(name)} must be {limits.describe()}, or a duration such as 30s or 2m, "
+                f"not {text!r}."
+            ) from None
+    return _check_number(name, value, repr(text))
+
+
+def _number(name: str) -> Callable[[str], Any]:
+    return lambda text: _parse_number(name, text)
+
+
+def _check_ttl(name: str, value: Any) -> None:
+    if not isinstance(value, timedelta) or not timedelta(0) < value <= MAX_TTL:
+        raise ConfigError(
+            f"{_label(name)} must be a duration longer than zero and at most 366 days, "
+            f"not {value!r}."
+        )
 
 
 @dataclass(frozen=True)
@@ -98,17 +181,17 @@ _TABLE: tuple[_Field, ...] = (
     _Field("ttl", lambda v: parse_duration(v, what="TTL"), "ENVKIT_TTL"),
     _Field("preserve_ttl", lambda v: parse_duration(v, what="TTL"), "ENVKIT_PRESERVE_TTL"),
     _Field("template_ttl", lambda v: parse_duration(v, what="TTL"), "ENVKIT_TEMPLATE_TTL"),
-    _Field("spares", _spares, "ENVKIT_SPARES"),
+    _Field("spares", _number("spares"), "ENVKIT_SPARES"),
     _Field("dataset", str, "ENVKIT_DATASET"),
     _Field("seeds_dir", _path, "ENVKIT_SEEDS_DIR"),
-    _Field("seed_scale", float, "ENVKIT_SEED_SCALE"),
+    _Field("seed_scale", _number("seed_scale"), "ENVKIT_SEED_SCALE"),
     _Field("stacks_dir", _path, "ENVKIT_STACKS_DIR"),
     _Field("pg_bindir", _path, "ENVKIT_PG_BINDIR"),
     _Field("data_dir", _path, "ENVKIT_DATA_DIR"),
     _Field("pg_user", str, "ENVKIT_PG_USER"),
     _Field("owner", str, "ENVKIT_OWNER"),
-    _Field("lock_timeout", _seconds, "ENVKIT_LOCK_TIMEOUT"),
-    _Field("health_timeout", _seconds, "ENVKIT_HEALTH_TIMEOUT"),
+    _Field("lock_timeout", _number("lock_timeout"), "ENVKIT_LOCK_TIMEOUT"),
+    _Field("health_timeout", _number("health_timeout"), "ENVKIT_HEALTH_TIMEOUT"),
     _Field("pulumi_backend", str, "ENVKIT_PULUMI_BACKEND"),
     _Field("aws_region", str, "ENVKIT_AWS_REGION"),
     _Field("pulumi_secrets_provider", str, "ENVKIT_PULUMI_SECRETS_PROVIDER"),
@@ -183,6 +266,14 @@ class Settings:
                 if key in project and isinstance(path, Path) and not path.is_absolute():
                     values[key] = project_file.parent / path
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        # However a Settings was made (resolve, a library call, with_), its numbers are finite
+        # and in range: a NaN timeout or an infinite scale never reaches the code using them.
+        for name in _RANGES:
+            object.__setattr__(self, name, _check_number(name, getattr(self, name)))
+        for name in ("ttl", "preserve_ttl", "template_ttl"):
+            _check_ttl(name, getattr(self, name))
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields replaced."""

@@ -22,7 +22,14 @@ def logs(
         bool, typer.Option("--follow", "-f", help="Keep printing lines as they are written.")
     ] = False,
     lines: Annotated[
-        int, typer.Option("--lines", "-n", min=0, help="How many of the last lines to show.")
+        int,
+        typer.Option(
+            "--lines",
+            "-n",
+            min=0,
+            max=262_144,  # only the last 256 KiB are read: no more lines than that exist there
+            help="How many of the last lines to show (0 to 262144).",
+        ),
     ] = 50,
 ) -> None:
     """Show the logs of a local environment's services (and 'postgres', its database)."""
