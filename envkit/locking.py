@@ -117,11 +117,18 @@ def locked(path: Path, *, what: str, timeout: float) -> Iterator[FileLock]:
 
 
 def is_locked(path: Path) -> bool:
-    """Whether some live process holds the lock at ``path`` (probing without waiting)."""
-    if not path.exists():
+    """Whether some live process holds the lock at ``path`` (probing without waiting, and
+    without writing: the file is opened read-only, never created, its content left alone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
         return False
-    probe = FileLock(path, what=str(path))
-    if probe.try_acquire():
-        probe.release()
-        return False
-    return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)  # closing the only descriptor drops a lock taken by the probe
+    return False

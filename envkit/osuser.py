@@ -7,6 +7,7 @@ servers as an unprivileged user (``ENVKIT_PG_USER``, default ``envkit``), creati
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
@@ -60,6 +61,17 @@ def server_user(requested: str | None) -> RunAs:
     except KeyError:
         entry = _create_user(name)
     return RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, switch=True)
+
+
+def trusted_uids(requested: str | None) -> frozenset[int]:
+    """The users whose processes can be envkit's: the invoking user and, as root, the server
+    user (when it exists; it is never created here). Processes of anyone else are never taken
+    as envkit's, whatever their command line says."""
+    uids = {os.geteuid()}
+    if os.geteuid() == 0:
+        with contextlib.suppress(KeyError):
+            uids.add(pwd.getpwnam(requested or DEFAULT_USER).pw_uid)
+    return frozenset(uids)
 
 
 def _create_user(name: str) -> pwd.struct_passwd:

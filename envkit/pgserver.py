@@ -17,9 +17,10 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from envkit.errors import PrerequisiteError, ProvisionError, TeardownError
 from envkit.locking import FileLock
 from envkit.osuser import RunAs
+from envkit.securefs import open_dir, private_dir, remove_tree_quietly, write_in
 from envkit.state import write_atomic
 
 log = logging.getLogger(__name__)
@@ -204,6 +206,35 @@ def cmdline(pid: int) -> list[str]:
             return [p.decode(errors="replace") for p in fh.read().split(b"\0") if p]
     except OSError:
         return []
+
+
+def process_owner(pid: int) -> int | None:
+    """The (effective) uid a process runs as, or ``None`` when it is gone."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def processes_naming(prefix: str, owners: Collection[int]) -> Iterator[tuple[int, str]]:
+    """(pid, argument) of every other process run by one of ``owners`` with an argument under
+    ``prefix`` (a directory path ending in the separator): envkit's marker on what it starts.
+    Other users' command lines are theirs to write, so they never count."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        pid = int(entry)
+        uid = process_owner(pid)
+        if uid not in owners:
+            continue
+        args = cmdline(pid)
+        if process_owner(pid) != uid:  # exited, and its pid reused, while we read
+            continue
+        for arg in args:
+            if arg.startswith(prefix):
+                yield pid, arg
+                break
 
 
 def postmaster_pid(datadir: Path) -> int | None:
@@ -422,10 +453,23 @@ def socket_dir(data_root: Path, key: str) -> Path:
 
 
 def make_socket_dir(path: Path, run_as: RunAs) -> None:
-    """Create a socket directory: its parent traversable (0711), itself private to the server."""
-    path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
-    path.mkdir(mode=0o700, exist_ok=True)
-    run_as.chown(path)
+    """Create a socket directory private to the server (0700: the superuser's socket trusts
+    whoever reaches it). Its parent is envkit's own (created, or proved unwritable by anyone
+    else); an existing one, left by an earlier run, is proved envkit's and made private again."""
+    private_dir(path.parent, 0o711, check_above=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (os.geteuid(), run_as.uid):
+            raise ProvisionError(
+                f"The socket directory {path} exists and is not envkit's.",
+                hint=f"Remove it ('rm -rf {path}') and run again.",
+            ) from None
+    with open_dir(path) as fd:
+        if run_as.switch:
+            os.fchown(fd, run_as.uid, run_as.gid)
+        os.fchmod(fd, 0o700)
 
 
 def trim(datadir: Path, install: PgInstall) -> None:
@@ -438,14 +482,29 @@ def trim(datadir: Path, install: PgInstall) -> None:
       others are old or recycled for reuse, and the server creates segments as it needs them.
       4 of a template's 31 MB.
     """
-    for fork in (*datadir.glob("base/*/*_fsm"), *datadir.glob("global/*_fsm")):
-        fork.unlink()
-    keep = checkpoint_segments(datadir, install)
-    if not keep:
-        return
-    for segment in (datadir / "pg_wal").iterdir():
-        if segment.is_file() and len(segment.name) == 24 and segment.name not in keep:
-            segment.unlink()
+    # Walked through descriptors, never following a symlink: the data directory belongs to
+    # the server user, and this runs as the invoking user (root, often).
+    with open_dir(datadir) as top:
+        with open_dir(Path("base"), dir_fd=top) as base:
+            for name in os.listdir(base):
+                with contextlib.suppress(OSError), open_dir(
+                    Path(name), dir_fd=base
+                ) as database:
+                    _unlink_files(database, lambda n: n.endswith("_fsm"))
+        with open_dir(Path("global"), dir_fd=top) as shared:
+            _unlink_files(shared, lambda n: n.endswith("_fsm"))
+        keep = checkpoint_segments(datadir, install)
+        if keep:
+            with open_dir(Path("pg_wal"), dir_fd=top) as wal:
+                _unlink_files(wal, lambda n: len(n) == 24 and n not in keep)
+
+
+def _unlink_files(dir_fd: int, doomed: Callable[[str], bool]) -> None:
+    """Unlink the regular files of a directory whose names ``doomed`` picks."""
+    with os.scandir(dir_fd) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False) and doomed(entry.name):
+                os.unlink(entry.name, dir_fd=dir_fd)
 
 
 def checkpoint_segments(datadir: Path, install: PgInstall) -> set[str]:
@@ -528,17 +587,16 @@ class TemplateCache:
         path = self.root / key
         if (path / "PG_VERSION").is_file():
             return path
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.run_as.chown(self.root)
+        # Ours alone (0711: the server user traverses it to its data, never writes in it).
+        private_dir(self.root, 0o711)
         lock = FileLock(self.root / f"{key}.lock", what=f"Template {key}")
         lock.acquire(timeout=300)
         try:
             if (path / "PG_VERSION").is_file():
                 return path  # another process built it while we waited
             scratch = self.root / f".build-{key}-{os.getpid()}"
-            shutil.rmtree(scratch, ignore_errors=True)
-            scratch.mkdir(mode=0o700)
-            self.run_as.chown(scratch)
+            remove_tree_quietly(scratch, self.root)
+            private_dir(scratch, 0o711)
             target = scratch / "pgdata"
             started = time.perf_counter()
             try:
@@ -548,8 +606,9 @@ class TemplateCache:
                 trim(target, self.install)
                 os.rename(target, path)
             finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-                shutil.rmtree(self._scratch_socket(scratch), ignore_errors=True)
+                remove_tree_quietly(scratch, self.root)
+                sock = self._scratch_socket(scratch)
+                remove_tree_quietly(sock, sock.parent)
             log.info("built template %s in %.2fs", key, time.perf_counter() - started)
             return path
         finally:
@@ -575,6 +634,8 @@ class TemplateCache:
         )
 
     def _build_base(self, target: Path, scratch: Path) -> None:
+        target.mkdir(mode=0o700)
+        self.run_as.chown(target)
         initdb = [
             str(self.install.binary("initdb")),
             "-D",
@@ -605,14 +666,16 @@ class TemplateCache:
                 f"{self.install.binary('initdb')} --version",
             )
         conf = "\n".join(f"{k} = {v}" for k, v in SERVER_SETTINGS.items())
-        with open(target / "postgresql.conf", "a", encoding="utf-8") as fh:
-            fh.write(f"\n# envkit: throw-away test server settings\n{conf}\n")
         # Password auth on TCP for everyone; trust only on the private 0700 socket directory.
-        (target / "pg_hba.conf").write_text(
+        hba = (
             "local all all trust\n"
             "host all all 0.0.0.0/0 scram-sha-256\n"
             "host all all ::/0 scram-sha-256\n"
         )
+        with open_dir(target) as fd:  # the server user's: write no symlink it planted
+            write_in(fd, "postgresql.conf", f"\n# envkit: throw-away settings\n{conf}\n".encode(),
+                     append=True)
+            write_in(fd, "pg_hba.conf", hba.encode())
         server = self._scratch_server(target, scratch)
         server.start()
         try:

@@ -27,8 +27,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
+import stat
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,11 +39,13 @@ from typing import Any
 
 from envkit.commands import stop_orphaned_command
 from envkit.durations import format_duration
-from envkit.errors import EnvkitError
+from envkit.errors import EnvkitError, PrerequisiteError
 from envkit.locking import FileLock, is_locked
-from envkit.naming import iso_utc, parse_iso, short_hash
-from envkit.pgserver import process_alive
+from envkit.naming import is_pipeline_id, iso_utc, parse_iso, short_hash
+from envkit.osuser import trusted_uids
+from envkit.pgserver import kill_group, process_alive, processes_naming, wait_gone
 from envkit.providers import Provider, get_provider
+from envkit.securefs import remove_tree, remove_tree_quietly
 from envkit.settings import Settings
 from envkit.spares import trim as trim_pool
 from envkit.state import BUSY_STATUSES, Record, StateStore, Status, utcnow
@@ -153,6 +155,7 @@ class Reaper:
         self.store = StateStore(settings.home)
         self.report = ReapReport(dry_run=dry_run)
         self._providers: dict[str, Provider] = {}
+        self.owners = trusted_uids(settings.pg_user)
 
     def provider(self, name: str) -> Provider:
         if name not in self._providers:
@@ -162,8 +165,21 @@ class Reaper:
     # -- entry point ----------------------------------------------------------------------------
     def run(self) -> ReapReport:
         """Reap records, then (local) unrecorded leftovers, then (aws) tagged cloud leaks."""
-        records = [r for r in self.store.all() if r.provider == self.provider_name]
-        recorded = {r.pipeline_id for r in self.store.all()}
+        self._check_home()
+        stored = self.store.all()
+        for bad in [r for r in stored if not is_pipeline_id(r.pipeline_id)]:
+            self.report.kept.append(
+                {
+                    "pipeline_id": None,
+                    "kind": "environment",
+                    "resource": ascii(bad.pipeline_id),
+                    "reason": "not a valid pipeline ID (written by hand or by an old envkit): "
+                    "remove its record by hand",
+                }
+            )
+        stored = [r for r in stored if is_pipeline_id(r.pipeline_id)]
+        records = [r for r in stored if r.provider == self.provider_name]
+        recorded = {r.pipeline_id for r in stored}
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
             results = list(pool.map(self._recorded, [r.pipeline_id for r in records]))
             if self.provider_name == "local":
@@ -182,6 +198,28 @@ class Reaper:
         for entries in (self.report.reaped, self.report.kept, self.report.errors):
             entries.sort(key=lambda e: (str(e.get("pipeline_id")), str(e.get("kind"))))
         return self.report
+
+    def _check_home(self) -> None:
+        """A home that exists but cannot be read is an error, not "nothing to reap"."""
+        home = self.settings.home
+        try:
+            st = os.stat(home)
+            if stat.S_ISDIR(st.st_mode) and os.path.isdir(self.store.envs_dir):
+                os.listdir(self.store.envs_dir)
+            elif not stat.S_ISDIR(st.st_mode):
+                raise NotADirectoryError(20, "Not a directory")
+        except FileNotFoundError:
+            return  # no home: nothing was ever created here
+        except OSError as exc:
+            raise PrerequisiteError(
+                f"Cannot read ENVKIT_HOME {home}: {exc.strerror}.",
+                hint="Run reap as the user who owns it, or point ENVKIT_HOME at the right "
+                "directory.",
+            ) from None
+
+    def _probe_lock(self, path: Path) -> bool:
+        """Whether a dry run could take the lock at ``path`` (nothing is written)."""
+        return not is_locked(path)
 
     # -- environments with a record -----------------------------------------------------------
     def _owner_died(self, pipeline_id: str, lock: FileLock) -> bool:
@@ -204,6 +242,8 @@ class Reaper:
         return False
 
     def _recorded(self, pipeline_id: str) -> tuple[str, dict[str, Any] | None]:
+        if self.dry_run:
+            return self._recorded_dry(pipeline_id)
         lock = self.store.lock(pipeline_id)
         got = lock.try_acquire() or self._owner_died(pipeline_id, lock)
         try:
@@ -211,19 +251,23 @@ class Reaper:
             if record is None:  # destroyed by someone else since we listed it
                 return "kept", None
             decision = decide(record, now=self.now, locked=not got, older_than=self.older_than)
-            entry: dict[str, Any] = {
-                "pipeline_id": pipeline_id,
-                "kind": "environment",
-                "provider": record.provider,
-                "status": str(record.status),
-                "expires_at": record.expires_at,
-                "reason": decision.reason,
-            }
+            entry = _environment_entry(record, decision)
             if not decision.reap:
                 return "kept", entry
             return self._destroy(pipeline_id, record, lock, entry)
         finally:
             lock.release()
+
+    def _recorded_dry(self, pipeline_id: str) -> tuple[str, dict[str, Any] | None]:
+        """What ``_recorded`` would decide, from probes that write nothing (no lock taken)."""
+        record = self.store.load(pipeline_id)
+        if record is None:
+            return "kept", None
+        locked = is_locked(self.store.lock_path(pipeline_id))
+        if locked and record.status in BUSY_STATUSES and record.owner_pid:
+            locked = process_alive(record.owner_pid, {})
+        decision = decide(record, now=self.now, locked=locked, older_than=self.older_than)
+        return ("reaped" if decision.reap else "kept"), _environment_entry(record, decision)
 
     def _destroy(
         self, pipeline_id: str, record: Record | None, lock: FileLock, entry: dict[str, Any]
@@ -268,22 +312,34 @@ class Reaper:
         layout = self._layout()
         found: dict[str, list[str]] = {}
         envs_root: Path = layout.envs_root
-        if envs_root.is_dir():
-            for child in envs_root.iterdir():
-                if child.is_dir() and not child.name.startswith(".") and child.name not in recorded:
-                    found.setdefault(child.name, []).append("directory")
-        for pipeline_id in marked_processes(envs_root):
+        for name in _pipeline_dirs(envs_root):
+            if name not in recorded:
+                found.setdefault(name, []).append("directory")
+        for pipeline_id in marked_processes(envs_root, self.owners):
             if pipeline_id not in recorded:
                 found.setdefault(pipeline_id, []).append("process")
-        prefix = f"{layout.home_key}/"
-        for owner in layout.addresses.owners().values():
-            if owner.startswith(prefix) and owner[len(prefix) :] not in recorded:
-                found.setdefault(owner[len(prefix) :], []).append("address")
+        for pipeline_id in _reserved_by(layout.addresses.owners().values(), layout.home_key):
+            if pipeline_id not in recorded:
+                found.setdefault(pipeline_id, []).append("address")
         return found
 
     def _orphan(self, pipeline_id: str, evidence: list[str]) -> tuple[str, dict[str, Any] | None]:
-        lock = self.store.lock(pipeline_id)
         entry: dict[str, Any] = {"pipeline_id": pipeline_id, "kind": "leftover"}
+        if self.dry_run:
+            if not self._probe_lock(self.store.lock_path(pipeline_id)):
+                entry["reason"] = "busy: another envkit process holds its lock"
+                return "kept", entry
+            if self.store.load(pipeline_id) is not None:
+                return "kept", None
+            decision = decide_orphan(
+                evidence,
+                now=self.now,
+                since=_mtime(self._layout().env_dir(pipeline_id)),
+                older_than=self.older_than,
+            )
+            entry["reason"] = decision.reason
+            return ("reaped" if decision.reap else "kept"), entry
+        lock = self.store.lock(pipeline_id)
         if not lock.try_acquire():
             entry["reason"] = "busy: another envkit process holds its lock"
             return "kept", entry
@@ -311,7 +367,9 @@ class Reaper:
         templates: Path = layout.templates
         if templates.is_dir():
             for spares in templates.glob("*.spares"):
-                stale = [p for p in spares.glob(".tmp-*") if p.is_dir()]
+                if spares.is_symlink():
+                    continue  # never made by envkit: nothing to follow into
+                stale = [p for p in spares.glob(".tmp-*") if p.is_dir() and not p.is_symlink()]
                 if stale:
                     self._under_lock(spares / ".refill.lock", stale, "spare copy")
                 # A pool grown by a burst of ups shrinks back once the burst is forgotten.
@@ -368,7 +426,10 @@ class Reaper:
 
     def _under_lock(self, lock_path: Path, paths: list[Path], kind: str) -> None:
         lock = FileLock(lock_path, what=str(lock_path))
-        if not lock.try_acquire():
+        if self.dry_run:
+            if not self._probe_lock(lock_path):
+                return
+        elif not lock.try_acquire():
             return  # its creator is alive and still working on it
         try:
             for path in paths:
@@ -379,8 +440,8 @@ class Reaper:
                     "reason": "its creator is gone",
                 }
                 if not self.dry_run:
-                    _kill_marked(str(path) + os.sep)
-                    shutil.rmtree(path, ignore_errors=True)
+                    self._kill_marked(str(path) + os.sep)
+                    remove_tree_quietly(path, self._layout().data_root)
                 self.report.reaped.append(entry)
         finally:
             lock.release()
@@ -392,7 +453,7 @@ class Reaper:
             return
         for path in locks.glob("*.lock"):
             pipeline_id = path.name[: -len(".lock")]
-            if self.store.record_path(pipeline_id).exists():
+            if not is_pipeline_id(pipeline_id) or self.store.record_path(pipeline_id).exists():
                 continue
             lock = self.store.lock(pipeline_id)
             if lock.try_acquire():
@@ -409,7 +470,7 @@ class Reaper:
             return
         for h_dir in sorted(root.glob("h-*")):
             key = h_dir.name[len("h-") :]
-            if key == layout.home_key or h_dir.is_symlink() or not h_dir.is_dir():
+            if key == layout.home_key or not _home_key(key) or not _real_dir(h_dir):
                 continue
             try:
                 self._other_home(root, h_dir, key)
@@ -441,7 +502,7 @@ class Reaper:
             return
         if home_exists(home):
             return  # a live home: never touched (its own reaps look after it)
-        servers = marked_processes(h_dir)
+        servers = marked_processes(h_dir, self.owners)
         if home_exists(home, seen_by=[pid for pids in servers.values() for pid in pids]):
             return  # live for its servers, in another mount namespace
         since = _newest_mtime(h_dir)
@@ -479,15 +540,12 @@ class Reaper:
         provider = LocalProvider(self.settings)
         provider.layout = other  # destroy() derives every path from the layout alone
         evidence: dict[str, list[str]] = {}
-        for child in h_dir.iterdir():
-            if child.is_dir() and not child.name.startswith("."):
-                evidence.setdefault(child.name, []).append("directory")
+        for name in _pipeline_dirs(h_dir):
+            evidence.setdefault(name, []).append("directory")
         for pipeline_id in servers:
             evidence.setdefault(pipeline_id, []).append("process")
-        prefix = f"{key}/"
-        for owner in other.addresses.owners().values():
-            if owner.startswith(prefix):
-                evidence.setdefault(owner[len(prefix) :], []).append("address")
+        for pipeline_id in _reserved_by(other.addresses.owners().values(), key):
+            evidence.setdefault(pipeline_id, []).append("address")
 
         def destroy(pipeline_id: str) -> tuple[str, dict[str, Any]]:
             item: dict[str, Any] = {
@@ -532,7 +590,7 @@ class Reaper:
                 entry["reason"] = f"home {home} reappeared during the reap"
                 self.report.kept.append(entry)
                 return
-            shutil.rmtree(doomed, ignore_errors=True)
+            remove_tree_quietly(doomed, root)
         self.report.reaped.append(entry)
 
     def _unmarked_home(self, h_dir: Path) -> None:
@@ -636,10 +694,10 @@ class Reaper:
                 for path in sorted(paths, key=lambda p: p.name != name):
                     if path == lock_path or not path.exists():
                         continue
-                    if path.is_dir():
+                    if path.is_dir() and not path.is_symlink():
                         doomed = templates / f".prune-{path.name}-{os.getpid()}"
                         os.rename(path, doomed)
-                        shutil.rmtree(doomed)
+                        remove_tree(doomed, templates)
                     else:
                         path.unlink(missing_ok=True)
             except OSError as exc:
@@ -653,6 +711,14 @@ class Reaper:
         finally:
             lock.release(unlink=pruned)
 
+    def _kill_marked(self, needle: str) -> None:
+        """SIGKILL the process groups of envkit's processes whose command line names a path
+        under ``needle`` (a template build's scratch server)."""
+        for pid, _arg in list(processes_naming(needle, self.owners)):
+            log.warning("killing leftover process %s under %s", pid, needle)
+            kill_group(pid, signal.SIGKILL)
+            wait_gone(pid, 2.0)
+
     def _half_deleted(self, path: Path, kind: str) -> None:
         """A directory a reap renamed aside (``.prune-*`` template, ``.reap-h-*`` home) to
         delete, named after its pid, left behind because that reap was killed."""
@@ -660,8 +726,8 @@ class Reaper:
         if pid.isdigit() and process_alive(int(pid), {}):
             return
         if not self.dry_run:
-            _kill_marked(str(path) + os.sep)
-            shutil.rmtree(path, ignore_errors=True)
+            self._kill_marked(str(path) + os.sep)
+            remove_tree_quietly(path, path.parent)
         self.report.reaped.append(
             {
                 "pipeline_id": None,
@@ -734,7 +800,9 @@ def inventory(settings: Settings, pipeline_ids: Iterable[str] = ()) -> dict[str,
         else [],
         "processes": sorted(
             f"{pid} ({pipeline_id})"
-            for pipeline_id, pids in marked_processes(layout.envs_root).items()
+            for pipeline_id, pids in marked_processes(
+                layout.envs_root, trusted_uids(settings.pg_user)
+            ).items()
             for pid in pids
         ),
         "addresses": sorted(
@@ -748,38 +816,51 @@ def inventory(settings: Settings, pipeline_ids: Iterable[str] = ()) -> dict[str,
     }
 
 
-def marked_processes(envs_root: Path) -> dict[str, list[int]]:
-    """pipeline ID -> pids of processes whose command line names a path under ``envs_root``:
-    envkit's marker on every server (and copy) it starts for this home."""
+def marked_processes(
+    envs_root: Path, owners: Iterable[int] | None = None
+) -> dict[str, list[int]]:
+    """pipeline ID -> pids of processes of ``owners`` (envkit's users) whose command line names
+    a pipeline's directory under ``envs_root``: envkit's marker on every server (and copy) it
+    starts for this home. What follows the root must be a valid pipeline ID, so no command line
+    can point a reap at ``..`` or at anything but one pipeline's directory."""
     needle = str(envs_root) + os.sep
     found: dict[str, list[int]] = {}
-    from envkit.pgserver import cmdline
-
-    for entry in _pids():
-        for arg in cmdline(entry):
-            if arg.startswith(needle):
-                pipeline_id = arg[len(needle) :].split(os.sep, 1)[0]
-                if pipeline_id:
-                    found.setdefault(pipeline_id, []).append(entry)
-                break
+    trusted = trusted_uids(None) if owners is None else frozenset(owners)
+    for pid, arg in processes_naming(needle, trusted):
+        pipeline_id = arg[len(needle) :].split(os.sep, 1)[0]
+        if is_pipeline_id(pipeline_id):
+            found.setdefault(pipeline_id, []).append(pid)
     return found
 
 
-def _pids() -> Iterable[int]:
-    me = os.getpid()
-    return (int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != me)
+def _pipeline_dirs(root: Path) -> list[str]:
+    """Names of the real directories (not symlinks) in ``root`` that are pipeline IDs."""
+    try:
+        entries = list(os.scandir(root))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(
+        e.name for e in entries if is_pipeline_id(e.name) and e.is_dir(follow_symlinks=False)
+    )
 
 
-def _kill_marked(needle: str) -> None:
-    """SIGKILL the process groups of processes whose command line names a path under
-    ``needle`` (a template build's scratch server)."""
-    from envkit.pgserver import cmdline, kill_group, wait_gone
+def _reserved_by(owners: Iterable[str], home_key: str) -> list[str]:
+    """The pipeline IDs of ``home_key`` among address reservation owners (``<key>/<id>``)."""
+    prefix = f"{home_key}/"
+    found = {owner[len(prefix) :] for owner in owners if owner.startswith(prefix)}
+    return sorted(name for name in found if is_pipeline_id(name))
 
-    for pid in _pids():
-        if any(arg.startswith(needle) for arg in cmdline(pid)):
-            log.warning("killing leftover process %s under %s", pid, needle)
-            kill_group(pid, signal.SIGKILL)
-            wait_gone(pid, 2.0)
+
+def _home_key(key: str) -> bool:
+    """Whether ``key`` has the shape of a home key (``naming.short_hash(home, 10)``)."""
+    return len(key) == 10 and all(c in "0123456789abcdef" for c in key)
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def home_exists(home: str, *, seen_by: Iterable[int] = ()) -> bool:
@@ -819,3 +900,15 @@ def _mtime(path: Path) -> datetime | None:
         return datetime.fromtimestamp(path.stat().st_mtime, UTC)
     except OSError:
         return None
+
+
+def _environment_entry(record: Record, decision: Decision) -> dict[str, Any]:
+    """The report entry of an environment with a record."""
+    return {
+        "pipeline_id": record.pipeline_id,
+        "kind": "environment",
+        "provider": record.provider,
+        "status": str(record.status),
+        "expires_at": record.expires_at,
+        "reason": decision.reason,
+    }

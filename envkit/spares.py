@@ -22,12 +22,13 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
 from envkit.commands import spawn_helper
+from envkit.locking import is_locked
 from envkit.pgserver import COPY_COMMAND, copy_tree
+from envkit.securefs import remove_tree_quietly
 from envkit.state import write_atomic
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def checkout(template: Path, datadir: Path, *, resting: int = SPARES) -> bool:
             break
         # Not a whole copy (someone tampered with the pool): never start from it.
         log.warning("discarding an incomplete spare data directory %s", name)
-        shutil.rmtree(datadir, ignore_errors=True)
+        remove_tree_quietly(datadir, datadir.parent)
     if not claimed:
         copy_tree(template, datadir)
     remember_resting(spares, resting)
@@ -279,9 +280,13 @@ def trim(template: Path, *, resting: int = SPARES, dry_run: bool = False) -> lis
     pool's last ``up`` recorded, ``resting`` when none did. Skipped while a refill holds the
     lock."""
     spares = spares_dir(template)
-    if not spares.is_dir():
+    if not spares.is_dir() or spares.is_symlink():
         return []
     resting = resting_of(spares, resting)
+    if dry_run:  # probe, write nothing: not even the lock file
+        if is_locked(spares / ".refill.lock"):
+            return []
+        return ready(spares)[wanted(spares, resting=resting) :]
     lock = os.open(spares / ".refill.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
@@ -290,16 +295,16 @@ def trim(template: Path, *, resting: int = SPARES, dry_run: bool = False) -> lis
             return []
         want = wanted(spares, resting=resting)
         surplus = ready(spares)[want:]
-        if want == resting and not dry_run:
+        if want == resting:
             (spares / ".misses").unlink(missing_ok=True)
-        for name in [] if dry_run else surplus:
+        for name in surplus:
             # Renamed out of the pool first, so no checkout can claim a half-deleted copy.
             doomed = spares / f".tmp-trim-{name}"
             try:
                 os.rename(spares / name, doomed)
             except OSError:
                 continue  # claimed meanwhile
-            shutil.rmtree(doomed, ignore_errors=True)
+            remove_tree_quietly(doomed, spares)
         return surplus
     finally:
         os.close(lock)

@@ -11,36 +11,37 @@ import errno
 import logging
 import os
 import secrets
-import shutil
 import signal
+import stat
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from envkit.commands import spawn_helper
-from envkit.errors import ProvisionError
+from envkit.errors import PrerequisiteError, ProvisionError
 from envkit.health import PostgresProbe, Probe
 from envkit.loopback import AddressBook, bind_error, free_port
-from envkit.naming import short_hash, sql_identifier
-from envkit.osuser import RunAs, server_user
+from envkit.naming import short_hash, sql_identifier, validate_pipeline_id
+from envkit.osuser import RunAs, server_user, trusted_uids
 from envkit.pgserver import (
     PgInstall,
     PgServer,
     PortInUseError,
     TemplateCache,
-    cmdline,
     configure_app,
     find_install,
     kill_group,
     make_socket_dir,
     postmaster_pid,
+    processes_naming,
     socket_dir,
     stop_server,
     wait_gone,
 )
 from envkit.providers import ProvisionRequest
 from envkit.redact import scrub
+from envkit.securefs import private_dir, remove_tree, remove_tree_quietly
 from envkit.settings import Settings
 from envkit.spares import checkout
 from envkit.state import Record, write_atomic
@@ -212,17 +213,38 @@ class LocalProvider:
         return self.templates(install, run_as).base()
 
     def _ensure_roots(self, run_as: RunAs) -> None:
+        """Create the data root and its shared folders, or prove the existing ones are ours
+        alone (they may sit in world-writable ``/dev/shm``): see :mod:`envkit.securefs`. The
+        server user may traverse them (0711) to reach its own directories, never write."""
         layout = self.layout
-        for folder in (layout.data_root, layout.envs_root, layout.data_root / "s"):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o711)
-            if run_as.switch:
-                # The server user must traverse (not list) these to reach its own directories.
-                os.chmod(folder, 0o711)  # noqa: S103  (traverse only, no listing)
+        try:
+            layout.data_root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise PrerequisiteError(
+                f"Cannot create {layout.data_root.parent}: {exc.strerror}.",
+                hint="Point ENVKIT_DATA_DIR at a directory you can write.",
+            ) from None
+        private_dir(layout.data_root, 0o711, check_above=True)
+        for folder in (layout.envs_root, layout.data_root / "s"):
+            private_dir(folder, 0o711)
+        self._reclaim_templates(run_as)
         # Which ENVKIT_HOME this h-<key> directory belongs to, written once and whole, so a
         # reap from any home can tell when that home was deleted (envkit.reaper: orphaned homes).
         marker = layout.envs_root / ".home"
         if not marker.exists():
             write_atomic(marker, str(self.settings.home.expanduser().resolve()).encode())
+
+    def _reclaim_templates(self, run_as: RunAs) -> None:
+        """Templates as an older envkit left them, owned by the server user (who could plant
+        symlinks there for root to follow), are moved to the trash and rebuilt as ours."""
+        templates = self.layout.templates
+        try:
+            st = os.lstat(templates)
+        except FileNotFoundError:
+            return
+        if run_as.switch and st.st_uid == run_as.uid and stat.S_ISDIR(st.st_mode):
+            log.warning("templates in %s belong to %s: moving them aside", templates, run_as.name)
+            self._to_trash(templates)
 
     def pg_server(
         self, pipeline_id: str, install: PgInstall, run_as: RunAs, *, host: str, port: int
@@ -295,6 +317,7 @@ class LocalProvider:
 
     # -- destroy ------------------------------------------------------------------------------
     def destroy(self, pipeline_id: str, record: Record | None) -> None:
+        validate_pipeline_id(pipeline_id)  # every path below is derived from it
         layout = self.layout
         pgdata = layout.pgdata(pipeline_id)
         # Services first (they hold database connections); found by record and by marker.
@@ -312,21 +335,16 @@ class LocalProvider:
             kill_group(pid, signal.SIGKILL)
             wait_gone(pid, 2.0)
         self._clear_env_dir(pipeline_id)
-        shutil.rmtree(layout.socket_dir(pipeline_id), ignore_errors=True)
+        sockets = layout.socket_dir(pipeline_id)
+        remove_tree_quietly(sockets, sockets.parent)
         layout.addresses.release(layout.owner_key(pipeline_id))
 
     def stray_processes(self, pipeline_id: str) -> list[int]:
-        """Processes whose command line names this pipeline's directory (postmaster.pid lost)."""
+        """Processes of envkit's users whose command line names this pipeline's directory
+        (postmaster.pid lost)."""
         needle = str(self.layout.env_dir(pipeline_id)) + os.sep
-        found = []
-        for entry in os.listdir("/proc"):
-            if (
-                entry.isdigit()
-                and int(entry) != os.getpid()
-                and any(arg.startswith(needle) for arg in cmdline(int(entry)))
-            ):
-                found.append(int(entry))
-        return found
+        owners = trusted_uids(self.settings.pg_user)
+        return [pid for pid, _arg in processes_naming(needle, owners)]
 
     def _clear_env_dir(self, pipeline_id: str) -> None:
         """Remove a pipeline's directory: at once on tmpfs, deferred elsewhere.
@@ -336,20 +354,22 @@ class LocalProvider:
         process; a fresh environment never waits for it.
         """
         env_dir = self.layout.env_dir(pipeline_id)
-        if not env_dir.exists():
+        if not os.path.lexists(env_dir):
             return
         if _on_tmpfs(env_dir):
-            shutil.rmtree(env_dir)
+            remove_tree(env_dir, self.layout.envs_root)
             return
-        trash = self.layout.trash
-        trash.mkdir(parents=True, exist_ok=True, mode=0o700)
-        target = trash / f"{secrets.token_hex(8)}"
+        self._to_trash(env_dir)
+
+    def _to_trash(self, path: Path) -> None:
+        """Move ``path`` (in the data root) into the trash and empty it in the background."""
+        trash = private_dir(self.layout.trash, 0o700)
         try:
-            os.rename(env_dir, target)
+            os.rename(path, trash / secrets.token_hex(8))
         except OSError as exc:
             if exc.errno not in (errno.EXDEV,):
                 raise
-            shutil.rmtree(env_dir)
+            remove_tree(path, self.layout.data_root)
             return
         empty_trash_later(trash)
 
