@@ -136,8 +136,10 @@ class LocalProvider:
         return TemplateCache(self.layout.templates, install, run_as)
 
     def preflight(self) -> None:
+        """Binaries, the server user and a data root that is ours alone: exit 2 before any
+        record is written when one is missing or not to be trusted."""
         self.install()
-        self.run_as()
+        self._ensure_roots(self.run_as())
 
     # -- provision ----------------------------------------------------------------------------
     def provision(self, request: ProvisionRequest) -> dict[str, str]:
@@ -227,6 +229,8 @@ class LocalProvider:
         private_dir(layout.data_root, 0o711, check_above=True)
         for folder in (layout.envs_root, layout.data_root / "s"):
             private_dir(folder, 0o711)
+        # Where sockets go when the data root's path is too long for one (the system temp dir).
+        private_dir(layout.socket_dir("x").parent, 0o711, check_above=True)
         self._reclaim_templates(run_as)
         # Which ENVKIT_HOME this h-<key> directory belongs to, written once and whole, so a
         # reap from any home can tell when that home was deleted (envkit.reaper: orphaned homes).

@@ -318,7 +318,8 @@ def test_an_unmarked_home_directory_is_removed_only_when_empty_and_old(
 
     settings = _home(tmp_path)
     root = Layout.for_settings(settings).data_root
-    old_empty, young_empty, full = root / "h-0000000001", root / "h-0000000002", root / "h-0000000003"
+    old_empty, young_empty, full = (
+        root / "h-0000000001", root / "h-0000000002", root / "h-0000000003")
     for folder in (old_empty, young_empty, full / "pr-9" / "pgdata"):
         folder.mkdir(parents=True)
     _stamp(old_empty, NOW - timedelta(hours=1))
