@@ -244,9 +244,17 @@ def postmaster_pid(datadir: Path) -> int | None:
         pid = int(first)
     except (OSError, ValueError):
         return None
-    if pid > 0 and _alive(pid) and str(datadir) in cmdline(pid):
+    if pid > 0 and _alive(pid) and str(datadir) in cmdline(pid) and _may_be_postmaster(pid):
         return pid
     return None
+
+
+def _may_be_postmaster(pid: int) -> bool:
+    """Whether ``pid`` runs as a user a postmaster of envkit's can run as: the pid file is the
+    server user's to write, so a pid in it naming one of root's processes is a lie (PostgreSQL
+    refuses to run as root); without root, servers run as the invoking user."""
+    owner = process_owner(pid)
+    return owner is not None and (owner != 0 if os.geteuid() == 0 else owner == os.geteuid())
 
 
 def wait_gone(pid: int, timeout: float) -> bool:

@@ -418,3 +418,22 @@ def test_reap_on_a_home_that_cannot_be_read_is_an_error(
                               env={**os.environ, "ENVKIT_HOME": str(bad)})
         assert done.returncode == 2, done.stdout + done.stderr
         assert "ENVKIT_HOME" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_pid_file_naming_one_of_roots_processes_is_not_a_postmaster(tmp_path: Path) -> None:
+    """The server user writes postmaster.pid: a pid in it naming a root process whose command
+    line mentions the data directory must not make root signal (or killpg) that process."""
+    from envkit.pgserver import postmaster_pid, stop_server
+
+    datadir = tmp_path / "pgdata"
+    datadir.mkdir()
+    decoy = subprocess.Popen(["sh", "-c", "sleep 60; :", "decoy", str(datadir)],
+                             start_new_session=True)
+    try:
+        (datadir / "postmaster.pid").write_text(f"{decoy.pid}\n{datadir}\n")
+        assert postmaster_pid(datadir) is None
+        assert stop_server(datadir, fast=False, timeout=1) is False
+        assert decoy.poll() is None
+    finally:
+        os.killpg(decoy.pid, signal.SIGKILL)
+        decoy.wait()

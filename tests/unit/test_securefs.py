@@ -164,3 +164,4 @@ def test_the_reaper_takes_only_valid_ids_from_names_it_reads(tmp_path: Path) -> 
     assert _pipeline_dirs(tmp_path / "absent") == []
     owners = ["k/ok-2", "k/..", "k/../x", "k/", "other/ok-3", "k/ok-2"]
     assert _reserved_by(owners, "k") == ["ok-2"]
+
