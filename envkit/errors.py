@@ -52,5 +52,10 @@ class TeardownError(EnvkitError):
     """Destroying a component failed (exit 1)."""
 
 
+class StateError(EnvkitError):
+    """Reading or writing envkit's state under ENVKIT_HOME failed mid-way (exit 1); a home that
+    is unusable from the start is a ``ConfigError`` (exit 2, nothing created)."""
+
+
 class LockedError(EnvkitError):
     """Another envkit process holds the pipeline's lock for longer than we may wait (exit 1)."""

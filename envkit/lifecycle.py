@@ -18,13 +18,20 @@ from typing import TYPE_CHECKING
 
 from envkit.commands import RESOURCE as RUN_RESOURCE
 from envkit.commands import stop_orphaned_command
-from envkit.errors import ConfigError, EnvkitError, ProvisionError
+from envkit.errors import ConfigError, EnvkitError, PrerequisiteError, ProvisionError
 from envkit.naming import iso_utc, resolve_pipeline_id
 from envkit.outputs import complete
 from envkit.providers import Provider, ProvisionRequest, get_provider
 from envkit.redact import scrub, secret_values
 from envkit.settings import Settings
-from envkit.state import BUSY_STATUSES, Record, StateStore, Status, utcnow
+from envkit.state import (
+    BUSY_STATUSES,
+    Record,
+    StateStore,
+    Status,
+    probe_writable_dir,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from envkit.health import HealthReport, Probe
@@ -77,8 +84,13 @@ def up(
     ``dataset`` defaults to the spec's; ``seed=False`` loads none at all (``--no-seed``).
     """
     store, pipeline_id = ctx.store, ctx.pipeline_id
+    # Every check of input and prerequisites comes before the first lock, record or directory
+    # of the pipeline: exit 2 promises that nothing was created.
     provider = get_provider(ctx.settings.provider, ctx.settings)
     lifetime = ttl or ctx.settings.ttl
+    if provider.name == "local" and ctx.settings.data_dir is not None:
+        probe_writable_dir(ctx.settings.data_dir, setting="ENVKIT_DATA_DIR")
+    store.prepare(need_space=True)  # ENVKIT_HOME: a writable directory with room (exit 2)
     provider.preflight()  # a missing prerequisite is exit 2 with nothing created
     spec = ctx.spec  # so is a bad spec
     if spec is not None:
@@ -91,7 +103,7 @@ def up(
         from envkit.datasets import load as load_dataset_definition
 
         load_dataset_definition(ctx.settings, dataset)
-    with store.locked(pipeline_id, ctx.settings.lock_timeout):
+    with store.locked(pipeline_id, ctx.settings.lock_timeout) as lock:
         record = store.load(pipeline_id)
         if record is not None and record.status in (Status.READY, Status.PRESERVED):
             if record.provider != provider.name:
@@ -121,7 +133,22 @@ def up(
                 )
             store.event(pipeline_id, "repair", previous=str(record.status))
             _destroy(provider, pipeline_id, record)
-        return _provision(ctx, provider, lifetime, dataset, progress, keep_on_failure)
+        try:
+            return _provision(ctx, provider, lifetime, dataset, progress, keep_on_failure)
+        except (ConfigError, PrerequisiteError):
+            if store.load(pipeline_id) is None:  # refused before creating anything
+                lock.release(unlink=True)  # no record, no lock file: as if never asked
+            raise
+
+
+def _refused_before_creating(exc: BaseException, record: Record) -> bool:
+    """Whether ``exc`` is an exit-2 refusal raised before the provider recorded (and so before
+    it created) anything: providers record every resource before creating it."""
+    return (
+        isinstance(exc, ConfigError | PrerequisiteError)
+        and not record.resources
+        and not record.outputs
+    )
 
 
 def _provision(
@@ -165,6 +192,13 @@ def _provision(
             request.timings["seed"] = time.perf_counter() - seed_started
             request.timings.update({f"seed_{k}": v for k, v in stats.items()})
     except BaseException as exc:
+        if _refused_before_creating(exc, record):
+            # e.g. the data directory cannot be created: exit 2, and exit 2 promises nothing
+            # was created, so no `failed` record is left behind either (nor a destroy, which
+            # could create what it looks for).
+            store.delete(pipeline_id)
+            store.event(pipeline_id, "refused", error=str(exc))
+            raise
         secrets = secret_values(record.outputs)
         record.status = Status.FAILED
         record.error = scrub(str(exc) if isinstance(exc, EnvkitError) else repr(exc), secrets)

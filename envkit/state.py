@@ -12,6 +12,7 @@ history readable.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -24,10 +25,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from envkit.errors import ConfigError, StateError
 from envkit.locking import FileLock, is_locked
 from envkit.naming import iso_utc, parse_iso
 
 RECORD_VERSION = 1
+MIN_FREE_BYTES = 256 << 10
+"""Free space ENVKIT_HOME needs before an operation starts: a record is ~2 KiB, an event line
+~0.5 KiB; a quarter MiB is room for any one operation, so a full disk is refused up front (exit 2)
+rather than failing half-way with an environment created and no record of it."""
 
 
 class Status(StrEnum):
@@ -118,11 +124,103 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _what_to_do(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "Free some space on that filesystem, or point ENVKIT_HOME at another one."
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "Make it writable for this user, or point ENVKIT_HOME at a directory that is."
+    return "Point ENVKIT_HOME at a directory this user can create and write."
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def probe_writable_dir(path: Path, *, setting: str) -> None:
+    """Raise ``ConfigError`` (exit 2) unless ``path`` is, or can be created as, a directory this
+    user can write; nothing is left behind (a probe file or directory is made and removed).
+
+    ``os.access`` is not enough: root passes it for ``/proc`` and for read-only bind mounts, so
+    the check is a real create."""
+    path = path.expanduser()
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is not a directory"
+    else:
+        try:
+            if existing == path:
+                fd, probe = tempfile.mkstemp(prefix=".envkit-probe.", dir=path)
+                os.close(fd)
+                os.unlink(probe)
+            else:
+                os.rmdir(tempfile.mkdtemp(prefix=".envkit-probe.", dir=existing))
+        except OSError as exc:
+            problem = f"{existing} cannot be written ({_reason(exc)})"
+    if problem is not None:
+        raise ConfigError(
+            f"{setting} {path} is not usable: {problem}.",
+            hint=f"Point {setting} at a directory this user can create and write.",
+        )
+
+
 class StateStore:
-    """Reads and writes records, locks and events under one ``ENVKIT_HOME``."""
+    """Reads and writes records, locks and events under one ``ENVKIT_HOME``.
+
+    Every foreseeable filesystem failure is an :class:`EnvkitError` naming the path: an unusable
+    home found by :meth:`prepare` (run before every transition) is a ``ConfigError`` (exit 2,
+    nothing created); a write that fails later (the disk filled up meanwhile) a ``StateError``.
+    """
 
     def __init__(self, home: Path) -> None:
         self.home = home
+
+    def prepare(self, *, need_space: bool = False) -> None:
+        """Create ENVKIT_HOME (0700) if needed and prove it usable before anything is written
+        for an operation: a directory, writable and, with ``need_space`` (operations that
+        create: ``up``; never ``down`` or ``reap``, which free space), with room left. Else
+        ``ConfigError`` (exit 2)."""
+        home = self.home
+        try:
+            home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not home.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(home))
+            if not os.access(home, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(home))
+            fs = os.statvfs(home)
+        except OSError as exc:
+            raise ConfigError(
+                f"ENVKIT_HOME {home} is not usable: {_reason(exc)}"
+                + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(home) else "")
+                + ".",
+                hint=_what_to_do(exc),
+            ) from None
+        if not need_space:
+            return
+        # root may use the blocks reserved for it; others only the available ones
+        free_blocks = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
+        if free_blocks * fs.f_frsize < MIN_FREE_BYTES or (fs.f_files and fs.f_favail == 0):
+            raise ConfigError(
+                f"ENVKIT_HOME {home} is on a full filesystem "
+                f"({free_blocks * fs.f_frsize // 1024} KiB free; envkit needs "
+                f"{MIN_FREE_BYTES // 1024} KiB).",
+                hint=_what_to_do(OSError(errno.ENOSPC, "full")),
+            )
+
+    def _failed(self, exc: OSError, doing: str, path: Path) -> StateError:
+        return StateError(
+            f"Could not {doing} {path}: {_reason(exc)}.",
+            hint=_what_to_do(exc)
+            + " Then re-run; 'envkit down ID' removes what a failed operation left.",
+        )
+
+    def _unreadable(self, exc: OSError, path: Path) -> ConfigError:
+        return ConfigError(
+            f"ENVKIT_HOME {self.home} is not usable: cannot read {path} ({_reason(exc)}).",
+            hint=_what_to_do(exc),
+        )
 
     # -- paths --------------------------------------------------------------------------------
     @property
@@ -140,15 +238,21 @@ class StateStore:
         return self.home / "locks" / f"{pipeline_id}.lock"
 
     def _ensure(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise self._failed(exc, "create the directory", folder) from exc
 
     # -- records ------------------------------------------------------------------------------
     def load(self, pipeline_id: str) -> Record | None:
         """The record of ``pipeline_id``, or ``None`` when absent (or unreadable)."""
+        path = self.record_path(pipeline_id)
         try:
-            text = self.record_path(pipeline_id).read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
+        except OSError as exc:  # a home under a file, or one this user may not read
+            raise self._unreadable(exc, path) from exc
         try:
             return Record.from_json(json.loads(text))
         except (ValueError, KeyError, TypeError):
@@ -163,18 +267,28 @@ class StateStore:
         self._ensure(self.envs_dir)
         record.updated_at = iso_utc(utcnow())
         payload = json.dumps(record.to_json(), indent=2, sort_keys=True).encode()
-        write_atomic(self.record_path(record.pipeline_id), payload)
+        path = self.record_path(record.pipeline_id)
+        try:
+            write_atomic(path, payload)
+        except OSError as exc:
+            raise self._failed(exc, "write the record", path) from exc
 
     def delete(self, pipeline_id: str) -> None:
         """Remove the record (absent is fine)."""
-        self.record_path(pipeline_id).unlink(missing_ok=True)
+        path = self.record_path(pipeline_id)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise self._failed(exc, "remove the record", path) from exc
 
     def all(self) -> list[Record]:
         """Every record, sorted by pipeline ID; stray temp files are ignored."""
-        if not self.envs_dir.is_dir():
-            return []
+        try:
+            paths = sorted(self.envs_dir.glob("*.json")) if self.envs_dir.is_dir() else []
+        except OSError as exc:
+            raise self._unreadable(exc, self.envs_dir) from exc
         records = []
-        for path in sorted(self.envs_dir.glob("*.json")):
+        for path in paths:
             record = self.load(path.stem)
             if record is not None:
                 records.append(record)
@@ -182,7 +296,9 @@ class StateStore:
 
     # -- locks --------------------------------------------------------------------------------
     def lock(self, pipeline_id: str) -> FileLock:
-        """The (unacquired) lock of a pipeline."""
+        """The (unacquired) lock of a pipeline; the home is checked first (:meth:`prepare`):
+        every transition starts by taking one."""
+        self.prepare()
         self._ensure(self.lock_path(pipeline_id).parent)
         return FileLock(self.lock_path(pipeline_id), what=f"Pipeline {pipeline_id!r}")
 
@@ -213,11 +329,15 @@ class StateStore:
             **fields,
         }
         data = (json.dumps(line, sort_keys=True, default=str) + "\n").encode()
-        fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+            fd = os.open(self.events_path, flags, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise self._failed(exc, "append to the event log", self.events_path) from exc
 
     def events(self, pipeline_id: str | None = None) -> list[dict[str, Any]]:
         """Events in order, optionally of one pipeline; torn or foreign lines are skipped."""
@@ -225,6 +345,8 @@ class StateStore:
             lines = self.events_path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise self._unreadable(exc, self.events_path) from exc
         found = []
         for text in lines:
             try:

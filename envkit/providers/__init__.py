@@ -52,7 +52,11 @@ class Provider(Protocol):
         ...
 
     def provision(self, request: ProvisionRequest) -> dict[str, str]:
-        """Create (or repair) every component; return the outputs (with secrets)."""
+        """Create (or repair) every component; return the outputs (with secrets).
+
+        A ``ConfigError`` / ``PrerequisiteError`` raised before anything is recorded in
+        ``record.resources`` is a refusal: exit 2, and the lifecycle keeps no record of it.
+        Checks that can run earlier belong in :meth:`preflight`."""
         ...
 
     def probes(self, record: Record) -> list[Probe]:

@@ -131,7 +131,7 @@ def test_settings_made_directly_or_with_with_are_checked(tmp_path: Path) -> None
         Settings(home=tmp_path, health_timeout=float("nan"))
     with pytest.raises(ConfigError, match="ENVKIT_SEED_SCALE"):
         good.with_(seed_scale=float("inf"))
-    with pytest.raises(ConfigError, match="ENVKIT_TTL .* at most 366 days"):
+    with pytest.raises(ConfigError, match=r"ENVKIT_TTL .* at most 366 days"):
         good.with_(ttl=timedelta(days=400))
     with pytest.raises(ConfigError, match="ENVKIT_PRESERVE_TTL"):
         good.with_(preserve_ttl=timedelta(seconds=-1))
