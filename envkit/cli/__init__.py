@@ -7,9 +7,11 @@ Each command parses its options, calls one library function and renders the resu
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
+from typing import NoReturn
 
 import typer
 
@@ -60,12 +62,37 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         error_console().print("Interrupted.")
         sys.exit(130)
-    except Exception as exc:  # a bug: say so briefly; the traceback only on request
-        if os.environ.get("ENVKIT_DEBUG"):
-            raise
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS or os.environ.get("ENVKIT_DEBUG"):
+            _internal_error(exc)
+        # A full disk or a path this user may not write is the machine's state, not a bug.
+        where = f" ({exc.filename})" if exc.filename else ""
         error_console().print(
-            f"[bold red]Internal error:[/] {type(exc).__name__}: {exc}\n"
-            "This is a bug in envkit. Re-run with ENVKIT_DEBUG=1 for the traceback and report it.",
+            f"[bold red]Error:[/] {exc.strerror}{where}.\n"
+            "Free space or fix the permissions there (or point ENVKIT_HOME / ENVKIT_DATA_DIR "
+            "elsewhere), then re-run; 'envkit down ID' removes what a failed 'up' left.",
             highlight=False,
         )
         sys.exit(1)
+    except Exception as exc:  # a bug: say so briefly; the traceback only on request
+        _internal_error(exc)
+
+
+# OSErrors that the machine causes (disk full, quota, read-only, permissions, a file where a
+# directory should be), wherever they escape from: a clear message, not "a bug in envkit".
+_ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+)
+
+
+def _internal_error(exc: Exception) -> NoReturn:
+    from envkit.cli.render import error_console
+
+    if os.environ.get("ENVKIT_DEBUG"):
+        raise exc
+    error_console().print(
+        f"[bold red]Internal error:[/] {type(exc).__name__}: {exc}\n"
+        "This is a bug in envkit. Re-run with ENVKIT_DEBUG=1 for the traceback and report it.",
+        highlight=False,
+    )
+    sys.exit(1)

@@ -103,11 +103,13 @@ def test_password_never_in_default_output_or_logs(envkit_home: Path) -> None:
         envkit("list", "--json", home=envkit_home),
         envkit("outputs", "sec", home=envkit_home),
         envkit("outputs", "sec", "--format", "json", home=envkit_home),
+        envkit("outputs", "sec", "--format", "github", home=envkit_home),  # outside Actions
     ]
     for result in shown:
         assert result.returncode == 0, result.stderr
         assert secret not in result.stdout + result.stderr
-    github = envkit("outputs", "sec", "--format", "github", home=envkit_home).stdout
+    github = envkit("outputs", "sec", "--format", "github", home=envkit_home,
+                    env={"GITHUB_ACTIONS": "true"}).stdout
     first_use = github.index(secret)
     assert github[:first_use].rstrip().endswith(f"::add-mask::{secret}".rstrip()) or \
         f"::add-mask::{secret}" in github[:first_use + len(secret)]
