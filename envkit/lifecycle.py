@@ -29,7 +29,6 @@ from envkit.state import (
     Record,
     StateStore,
     Status,
-    probe_writable_dir,
     utcnow,
 )
 
@@ -88,8 +87,6 @@ def up(
     # of the pipeline: exit 2 promises that nothing was created.
     provider = get_provider(ctx.settings.provider, ctx.settings)
     lifetime = ttl or ctx.settings.ttl
-    if provider.name == "local" and ctx.settings.data_dir is not None:
-        probe_writable_dir(ctx.settings.data_dir, setting="ENVKIT_DATA_DIR")
     store.prepare(need_space=True)  # ENVKIT_HOME: a writable directory with room (exit 2)
     provider.preflight()  # a missing prerequisite is exit 2 with nothing created
     spec = ctx.spec  # so is a bad spec

@@ -8,6 +8,7 @@ and retries on the new file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -57,8 +58,10 @@ class FileLock:
                         self.what,
                         previous,
                     )
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
+                # The pid is only for messages: a full disk must not stop a `down` that frees it.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
                 return True
             os.close(fd)  # the holder unlinked it while we waited: lock the new file
 

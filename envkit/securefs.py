@@ -83,11 +83,6 @@ def private_dir(path: Path, mode: int, *, check_above: bool = False) -> Path:
         os.mkdir(path, mode)
     except FileExistsError:
         pass
-    except FileNotFoundError:
-        raise PrerequisiteError(
-            f"Cannot create {path}: its parent directory does not exist.",
-            hint="Create the parent first, or point ENVKIT_DATA_DIR at an existing directory.",
-        ) from None
     except OSError as exc:
         raise PrerequisiteError(
             f"Cannot create {path}: {exc.strerror}.",

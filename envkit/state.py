@@ -136,36 +136,6 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def probe_writable_dir(path: Path, *, setting: str) -> None:
-    """Raise ``ConfigError`` (exit 2) unless ``path`` is, or can be created as, a directory this
-    user can write; nothing is left behind (a probe file or directory is made and removed).
-
-    ``os.access`` is not enough: root passes it for ``/proc`` and for read-only bind mounts, so
-    the check is a real create."""
-    path = path.expanduser()
-    existing = path
-    while not os.path.lexists(existing) and existing != existing.parent:
-        existing = existing.parent
-    problem = None
-    if not existing.is_dir():
-        problem = f"{existing} is not a directory"
-    else:
-        try:
-            if existing == path:
-                fd, probe = tempfile.mkstemp(prefix=".envkit-probe.", dir=path)
-                os.close(fd)
-                os.unlink(probe)
-            else:
-                os.rmdir(tempfile.mkdtemp(prefix=".envkit-probe.", dir=existing))
-        except OSError as exc:
-            problem = f"{existing} cannot be written ({_reason(exc)})"
-    if problem is not None:
-        raise ConfigError(
-            f"{setting} {path} is not usable: {problem}.",
-            hint=f"Point {setting} at a directory this user can create and write.",
-        )
-
-
 class StateStore:
     """Reads and writes records, locks and events under one ``ENVKIT_HOME``.
 

@@ -223,7 +223,8 @@ class LocalProvider:
             layout.data_root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise PrerequisiteError(
-                f"Cannot create {layout.data_root.parent}: {exc.strerror}.",
+                f"Cannot create the data directory {layout.data_root}: {exc.strerror} "
+                f"({exc.filename}).",
                 hint="Point ENVKIT_DATA_DIR at a directory you can write.",
             ) from None
         private_dir(layout.data_root, 0o711, check_above=True)
