@@ -39,8 +39,9 @@ from typing import Any
 
 from envkit import lifecycle
 from envkit.health import PostgresProbe, wait_until_healthy
-from envkit.pgserver import PgInstall, PgServer, stop_server
-from envkit.providers.local import Layout, LocalProvider
+from envkit.providers.local.install import PgInstall
+from envkit.providers.local.pgserver import PgServer, stop_server
+from envkit.providers.local.provider import Layout, LocalProvider
 from envkit.settings import Settings
 from envkit.state import Record
 

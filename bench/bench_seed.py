@@ -40,7 +40,7 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 
 def bench_generation(rows: int) -> dict[str, float]:
-    from envkit import datasets, generation
+    from envkit.seeding import datasets, generation
     from envkit.settings import Settings
 
     ds = datasets.load(Settings.resolve({"home": Path(tempfile.gettempdir())}), "default")
@@ -88,7 +88,7 @@ FRESH = """
 import sys, time
 t0 = time.perf_counter()
 from envkit import lifecycle, datasets
-from envkit.loading import load_dataset
+from envkit.seeding.loading import load_dataset
 from envkit.settings import Settings
 s = Settings.resolve({})
 r = lifecycle.up(lifecycle.Context.build(sys.argv[1], s))
@@ -170,8 +170,9 @@ def bench_masked_copy(env: dict[str, str], rows: int, repeat: int = 3) -> dict[s
     """
     import psycopg
 
-    from envkit import lifecycle, subsetting
-    from envkit.masking import luhn_check_digit
+    from envkit import lifecycle
+    from envkit.seeding import subsetting
+    from envkit.seeding.masking import luhn_check_digit
     from envkit.settings import Settings
 
     settings = Settings.resolve({"home": env["ENVKIT_HOME"]})

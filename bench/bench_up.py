@@ -10,7 +10,7 @@ Measured in one run, on this machine, medians of N runs each:
   pre-initialised data directory, start ``postgres -D`` directly, poll the pid file every 2 ms.
 
 Target: envkit up ≤ 0.5 x (initdb + pg_ctl start). When run as root the servers run as the
-unprivileged user envkit uses (``envkit.osuser.server_user``). Every server started here is
+unprivileged user envkit uses. Every server started here is
 stopped and every directory removed, also on failure or Ctrl-C.
 
 Writes bench/results-up.json; ``python bench/run.py`` runs this with every other benchmark.
@@ -38,8 +38,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from envkit.osuser import RunAs, server_user  # noqa: E402
-from envkit.pgserver import find_install  # noqa: E402
+from envkit.providers.local.install import find_install  # noqa: E402
+from envkit.providers.local.osuser import RunAs, server_user  # noqa: E402
 
 POLL = 0.002
 

@@ -53,7 +53,7 @@ def start_time(pid: int) -> int | None:
 def owner_gone(run: dict[str, Any]) -> bool:
     """Whether the envkit that recorded ``run`` no longer runs: no such process, its zombie
     (killed, not yet reaped by its parent), or another process under its pid."""
-    from envkit.pgserver import process_alive
+    from envkit.processes import process_alive
 
     pid, start = run.get("pid"), run.get("start")
     if not isinstance(pid, int) or not isinstance(start, int) or pid == os.getpid():

@@ -97,7 +97,7 @@ def up(
     if not seed:
         dataset = None
     if dataset is not None:  # an unknown dataset is exit 2 with nothing created
-        from envkit.datasets import load as load_dataset_definition
+        from envkit.seeding.datasets import load as load_dataset_definition
 
         load_dataset_definition(ctx.settings, dataset)
     with store.locked(pipeline_id, ctx.settings.lock_timeout) as lock:
@@ -280,7 +280,7 @@ def recheck(ctx: Context, timeout: float | None = None) -> HealthReport:
 def seed_dataset(ctx: Context, record: Record, dataset: str) -> dict[str, float]:
     """The seeding hook: load ``dataset`` into the environment's database (a no-op but for the
     statistics when the provider copied it from the dataset's seeded template)."""
-    from envkit import seeding
+    from envkit.seeding import pipeline as seeding
 
     stats = seeding.seed_environment(ctx.settings, record, dataset)
     ctx.store.event(record.pipeline_id, "seeded", dataset=dataset, **stats)

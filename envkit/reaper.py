@@ -19,7 +19,8 @@ What it reaps (for one ``ENVKIT_HOME``):
 Every decision about a pipeline is taken, and acted on, while holding that pipeline's lock, so a
 concurrent ``up``/``down`` is never raced: a locked pipeline is always kept. Nothing outside
 envkit's own directories and marked processes is ever looked at, so nothing envkit did not create
-can be touched. ``--provider aws`` hands the tag-based leak scan to :mod:`envkit.cloudsweep`.
+can be touched. ``--provider aws`` hands the tag-based leak scan to
+:mod:`envkit.providers.aws.sweep`.
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ from envkit.durations import format_duration
 from envkit.errors import EnvkitError, PrerequisiteError
 from envkit.locking import FileLock, is_locked
 from envkit.naming import is_pipeline_id, iso_utc, parse_iso, short_hash
-from envkit.osuser import trusted_uids
-from envkit.pgserver import kill_group, process_alive, processes_naming, wait_gone
+from envkit.processes import kill_group, process_alive, processes_naming, wait_gone
 from envkit.providers import Provider, get_provider
+from envkit.providers.local.osuser import trusted_uids
+from envkit.providers.local.spares import trim as trim_pool
 from envkit.securefs import remove_tree, remove_tree_quietly
 from envkit.settings import Settings
-from envkit.spares import trim as trim_pool
 from envkit.state import BUSY_STATUSES, Record, StateStore, Status, utcnow
 
 log = logging.getLogger(__name__)
@@ -303,7 +304,7 @@ class Reaper:
 
     # -- local leftovers without a record -----------------------------------------------------
     def _layout(self) -> Any:
-        from envkit.providers.local import Layout
+        from envkit.providers.local.provider import Layout
 
         return Layout.for_settings(self.settings)
 
@@ -411,7 +412,7 @@ class Reaper:
         for host, owner in book.owners().items():
             path = book.folder / host
             since = _mtime(path)
-            # Reservations are now created whole (envkit.loopback); an empty one is left by an
+            # Reservations are created whole (providers.local.loopback); an empty one is left by an
             # older envkit killed between creating and writing it, and names no owner at all.
             if owner == "" and since is not None and self.now - since >= EMPTY_RESERVATION_GRACE:
                 entry = {
@@ -531,7 +532,7 @@ class Reaper:
     ) -> None:
         """Destroy every pipeline of a deleted home (servers, services, sockets, addresses),
         then its directory."""
-        from envkit.providers.local import Layout, LocalProvider
+        from envkit.providers.local.provider import Layout, LocalProvider
 
         if not h_dir.is_dir():
             return  # another reap removed it while we waited for nothing
@@ -740,8 +741,8 @@ class Reaper:
     # -- cloud ------------------------------------------------------------------------------------
     def _cloud(self) -> None:
         try:
-            from envkit import cloudsweep
-            from envkit.providers.aws import aws_region
+            from envkit.providers.aws import sweep as cloudsweep
+            from envkit.providers.aws.provider import aws_region
         except ImportError as exc:
             self.report.errors.append(
                 {
@@ -784,7 +785,7 @@ def inventory(settings: Settings, pipeline_ids: Iterable[str] = ()) -> dict[str,
     """Everything the local provider holds for this ``ENVKIT_HOME``: records, lock files, env
     directories, marked processes, address reservations, and the socket directories of
     ``pipeline_ids``. All lists are empty once everything is destroyed (tests assert that)."""
-    from envkit.providers.local import Layout
+    from envkit.providers.local.provider import Layout
 
     layout = Layout.for_settings(settings)
     store = StateStore(settings.home)

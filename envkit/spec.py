@@ -649,7 +649,7 @@ def known_datasets(settings: Settings) -> Collection[str] | None:
     import importlib
 
     try:
-        module = importlib.import_module("envkit.datasets")
+        module = importlib.import_module("envkit.seeding.datasets")
     except ImportError:
         return None
     for attribute in ("available", "dataset_names", "list_datasets", "names"):

@@ -25,7 +25,7 @@ def tear_down_home(home: Path) -> None:
     """Destroy every environment recorded under ``home`` and kill any process left in its
     data directories, so a failing test never leaks a server."""
     from envkit import lifecycle
-    from envkit.providers.local import Layout
+    from envkit.providers.local.provider import Layout
 
     settings = Settings.resolve({"home": home})
     for record in lifecycle.list_environments(settings):
@@ -38,8 +38,8 @@ def tear_down_home(home: Path) -> None:
 
 def kill_processes_under(prefix: str) -> None:
     """SIGKILL (with their process groups) the processes whose command line names a path
-    under ``prefix``, or whose working directory is there (envkit.supervisor's services)."""
-    from envkit.pgserver import cmdline
+    under ``prefix``, or whose working directory is there (the local provider's services)."""
+    from envkit.processes import cmdline
 
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (

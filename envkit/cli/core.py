@@ -85,7 +85,7 @@ def up(
     ctx = lifecycle.Context.build(
         pipeline_id, settings(provider=provider, dataset=dataset, seed_scale=scale)
     )
-    from envkit.datasets import DEFAULT_DATASET
+    from envkit.seeding.datasets import DEFAULT_DATASET
 
     spec_dataset = ctx.spec.dataset if ctx.spec is not None else None
     chosen = None if no_seed else (ctx.settings.dataset or spec_dataset or DEFAULT_DATASET)

@@ -32,7 +32,8 @@ def seed(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Load a dataset (or a masked subset of a real database) into an existing environment."""
-    from envkit import lifecycle, seeding
+    from envkit import lifecycle
+    from envkit.seeding import pipeline as seeding
 
     ctx = lifecycle.Context.build(pipeline_id, settings(dataset=dataset, seed_scale=scale))
     with progress(f"Seeding {ctx.pipeline_id}", enabled=not as_json):

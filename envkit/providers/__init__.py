@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from envkit.errors import ConfigError
@@ -63,8 +64,22 @@ class Provider(Protocol):
         """Health probes for every component of a provisioned environment."""
         ...
 
-    def alive(self, record: Record) -> bool:
-        """A cheap check that the environment's processes/resources still exist."""
+    def gone(self, record: Record) -> list[str]:
+        """What of a provisioned environment is no longer running, as short phrases naming the
+        component (``"database: server not running (pid 123)"``); empty when everything runs.
+        Cheap (a pid and its command line, a cached state): ``status`` and ``list`` call it
+        for every environment."""
+        ...
+
+    def restart(self, record: Record) -> bool:
+        """Start the stopped components of a kept environment again on their own data (a
+        preserved environment whose server died); whether it could. Never recreates data."""
+        ...
+
+    def logs(self, record: Record, component: str | None = None) -> dict[str, Path]:
+        """Log files of the environment's components by name (``postgres``, a service's
+        name), only ``component`` when given; ``ConfigError`` naming the known ones when that
+        is not one of them. Empty when the provider keeps no local logs."""
         ...
 
     def destroy(self, pipeline_id: str, record: Record | None) -> None:
@@ -75,11 +90,11 @@ class Provider(Protocol):
 def get_provider(name: str, settings: Settings) -> Provider:
     """The provider called ``name`` (imported lazily: the aws one pulls in Pulumi and boto3)."""
     if name == "local":
-        from envkit.providers.local import LocalProvider
+        from envkit.providers.local.provider import LocalProvider
 
         return LocalProvider(settings)
     if name == "aws":
-        from envkit.providers.aws import AwsProvider
+        from envkit.providers.aws.provider import AwsProvider
 
         return AwsProvider(settings)
     raise ConfigError(f"Unknown provider {name!r}.", hint="Choose 'local' or 'aws'.")

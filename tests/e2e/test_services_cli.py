@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from envkit.providers.local import Layout
+from envkit.providers.local.provider import Layout
+from envkit.providers.local.services import find_service_processes
 from envkit.settings import Settings
-from envkit.supervisor import find_service_processes
 
 pytestmark = pytest.mark.e2e
 
@@ -74,8 +74,8 @@ def test_spec_error_in_pyproject(envkit_home: Path, tmp_path: Path) -> None:
 def test_unknown_dataset(envkit_home: Path, tmp_path: Path) -> None:
     import importlib.util
 
-    if importlib.util.find_spec("envkit.datasets") is None:
-        pytest.skip("no envkit.datasets: datasets are not validated by the spec")
+    if importlib.util.find_spec("envkit.seeding.datasets") is None:
+        pytest.skip("no envkit.seeding.datasets: datasets are not validated by the spec")
     (tmp_path / "envkit.toml").write_text('[databases.main]\ndataset = "no-such-dataset"\n')
     result = envkit("up", "spec-bad", home=envkit_home, cwd=tmp_path)
     assert result.returncode == 2, result.stderr

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from envkit import cloudsweep
+from envkit.providers.aws import sweep as cloudsweep
 
 pytestmark = pytest.mark.aws
 
@@ -219,7 +219,7 @@ def test_provider_alive_and_probes_use_boto3_against_the_same_server(
     aws: Any, tmp_path: Any
 ) -> None:
     from envkit.health import wait_until_healthy
-    from envkit.providers.aws import AwsProvider
+    from envkit.providers.aws.provider import AwsProvider
     from envkit.settings import Settings
     from envkit.state import Record, Status
 

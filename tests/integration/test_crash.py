@@ -28,8 +28,8 @@ import pytest
 from conftest import kill_processes_under
 
 from envkit import lifecycle
-from envkit.pgserver import process_alive
-from envkit.providers.local import Layout
+from envkit.processes import process_alive
+from envkit.providers.local.provider import Layout
 from envkit.reaper import inventory, reap
 from envkit.settings import Settings
 from envkit.state import Record, StateStore, Status

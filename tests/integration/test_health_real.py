@@ -31,8 +31,9 @@ from envkit.health import (
     TcpProbe,
     wait_until_healthy,
 )
-from envkit.pgserver import stop_server, wait_gone
-from envkit.providers.local import Layout, LocalProvider
+from envkit.processes import wait_gone
+from envkit.providers.local.pgserver import stop_server
+from envkit.providers.local.provider import Layout, LocalProvider
 from envkit.settings import Settings
 from envkit.state import Record
 

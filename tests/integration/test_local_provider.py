@@ -12,8 +12,8 @@ import pytest
 
 from envkit import lifecycle
 from envkit.errors import PrerequisiteError
-from envkit.pgserver import postmaster_pid
-from envkit.providers.local import Layout, LocalProvider
+from envkit.providers.local.pgserver import postmaster_pid
+from envkit.providers.local.provider import Layout, LocalProvider
 from envkit.settings import Settings
 from envkit.state import Status
 
@@ -75,7 +75,7 @@ def test_up_repairs_an_environment_whose_server_died(settings: Settings) -> None
     pid = postmaster_pid(pgdata)
     assert pid is not None
     os.kill(pid, 9)
-    from envkit.pgserver import wait_gone
+    from envkit.processes import wait_gone
 
     wait_gone(pid, 5)
     second = up(settings, "heal")

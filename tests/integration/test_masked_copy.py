@@ -12,10 +12,10 @@ import psycopg
 import pytest
 
 from envkit import lifecycle
-from envkit import subsetting as s
 from envkit.errors import SeedError
 from envkit.lifecycle import Context
-from envkit.masking import MASKERS, luhn_check_digit, mask_email
+from envkit.seeding import subsetting as s
+from envkit.seeding.masking import MASKERS, luhn_check_digit, mask_email
 from envkit.settings import Settings
 
 pytestmark = pytest.mark.integration

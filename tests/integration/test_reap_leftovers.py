@@ -24,11 +24,12 @@ from conftest import tear_down_home
 
 from envkit import lifecycle
 from envkit.locking import is_locked
-from envkit.pgserver import postmaster_pid, wait_gone
-from envkit.providers.local import Layout
+from envkit.processes import wait_gone
+from envkit.providers.local.pgserver import postmaster_pid
+from envkit.providers.local.provider import Layout
+from envkit.providers.local.spares import spares_dir
 from envkit.reaper import ReapReport, marked_processes, reap
 from envkit.settings import Settings
-from envkit.spares import spares_dir
 from envkit.state import Status, utcnow
 
 pytestmark = pytest.mark.integration
@@ -247,7 +248,7 @@ def test_templates_unused_for_their_ttl_are_pruned_and_rebuilt_when_needed(
 _KILLED_MID_RESERVATION = """
 import os, signal, sys
 from pathlib import Path
-from envkit.loopback import AddressBook
+from envkit.providers.local.loopback import AddressBook
 
 def killed(src, dst):  # SIGKILL between writing the owner and making the reservation
     os.kill(os.getpid(), signal.SIGKILL)

@@ -28,8 +28,8 @@ import pytest
 from conftest import kill_processes_under, tear_down_home
 
 from envkit.naming import short_hash
-from envkit.osuser import DEFAULT_USER
-from envkit.providers.local import Layout
+from envkit.providers.local.osuser import DEFAULT_USER
+from envkit.providers.local.provider import Layout
 from envkit.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -423,7 +423,7 @@ def test_reap_on_a_home_that_cannot_be_read_is_an_error(
 def test_a_pid_file_naming_one_of_roots_processes_is_not_a_postmaster(tmp_path: Path) -> None:
     """The server user writes postmaster.pid: a pid in it naming a root process whose command
     line mentions the data directory must not make root signal (or killpg) that process."""
-    from envkit.pgserver import postmaster_pid, stop_server
+    from envkit.providers.local.pgserver import postmaster_pid, stop_server
 
     datadir = tmp_path / "pgdata"
     datadir.mkdir()

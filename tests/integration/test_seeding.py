@@ -10,10 +10,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from envkit import datasets, lifecycle, seeding
+from envkit import lifecycle
 from envkit.errors import ConfigError
 from envkit.lifecycle import Context
-from envkit.masking import is_reserved_email, is_test_card
+from envkit.seeding import datasets
+from envkit.seeding import pipeline as seeding
+from envkit.seeding.masking import is_reserved_email, is_test_card
 from envkit.settings import Settings
 from envkit.state import StateStore
 

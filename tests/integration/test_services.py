@@ -13,10 +13,10 @@ import pytest
 from envkit import lifecycle
 from envkit.errors import EnvkitError, ProvisionError
 from envkit.providers import get_provider
-from envkit.providers.local import Layout
+from envkit.providers.local.provider import Layout
+from envkit.providers.local.services import find_service_processes, process_age, stop_services
 from envkit.settings import Settings
 from envkit.state import Record
-from envkit.supervisor import find_service_processes, process_age, stop_services
 
 pytestmark = pytest.mark.integration
 

@@ -13,10 +13,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from envkit import lifecycle, seeding
+from envkit import lifecycle
 from envkit.errors import ConfigError
 from envkit.lifecycle import Context
-from envkit.masking import is_fictional_phone, is_reserved_email, is_test_card, luhn_check_digit
+from envkit.seeding import pipeline as seeding
+from envkit.seeding.masking import (
+    is_fictional_phone,
+    is_reserved_email,
+    is_test_card,
+    luhn_check_digit,
+)
 from envkit.settings import Settings
 
 pytestmark = pytest.mark.integration

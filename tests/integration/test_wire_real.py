@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from envkit import lifecycle
-from envkit.pgserver import ADMIN_USER
-from envkit.providers.local import Layout
+from envkit.providers.local.pgserver import ADMIN_USER
+from envkit.providers.local.provider import Layout
 from envkit.settings import Settings
 from envkit.wire import WireError, connect
 

@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from envkit.cloudsweep import SweepReport
 from envkit.errors import LockedError, PrerequisiteError, ProvisionError, TeardownError
 from envkit.providers import ProvisionRequest
-from envkit.providers.aws import (
+from envkit.providers.aws.provider import (
     PASSWORD_CONFIG_KEY,
     AutomationFailure,
     AwsProvider,
@@ -23,6 +22,7 @@ from envkit.providers.aws import (
     secrets_config,
     translate,
 )
+from envkit.providers.aws.sweep import SweepReport
 from envkit.settings import Settings
 from envkit.state import Record, Status
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from envkit import commands, lifecycle
-from envkit.pgserver import process_alive
+from envkit.processes import process_alive
 from envkit.settings import Settings
 from envkit.state import Record, StateStore, Status
 

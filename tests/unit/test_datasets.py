@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from envkit import datasets
 from envkit.errors import ConfigError
+from envkit.seeding import datasets
 from envkit.settings import Settings
 
 

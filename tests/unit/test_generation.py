@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envkit import datasets, generation
-from envkit.masking import is_fictional_phone, is_reserved_email, is_test_card
+from envkit.seeding import datasets, generation
+from envkit.seeding.masking import is_fictional_phone, is_reserved_email, is_test_card
 from envkit.settings import Settings
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from envkit.loopback import AddressBook, candidates
+from envkit.providers.local.loopback import AddressBook, candidates
 
 
 def test_candidates_are_stable_private_loopback() -> None:
@@ -86,7 +86,7 @@ def test_a_port_in_time_wait_is_free_and_a_listening_one_is_not() -> None:
     import errno
     import socket
 
-    from envkit.loopback import bind_error
+    from envkit.providers.local.loopback import bind_error
 
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from envkit import masking as m
+from envkit.seeding import masking as m
 
 KEY = b"k" * 32
 OTHER = b"o" * 32

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from envkit import masking as m
-from envkit import subsetting as s
 from envkit.errors import SeedError
+from envkit.seeding import masking as m
+from envkit.seeding import subsetting as s
 
 KEY = b"k" * 32
 

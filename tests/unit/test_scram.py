@@ -6,7 +6,7 @@ import base64
 import hashlib
 import hmac
 
-from envkit.pgserver import SCRAM_ITERATIONS, scram_verifier
+from envkit.providers.local.pgserver import SCRAM_ITERATIONS, scram_verifier
 
 
 def test_verifier_has_postgresql_format_and_matches_the_password() -> None:

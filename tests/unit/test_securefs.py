@@ -12,7 +12,8 @@ import pytest
 
 from envkit.errors import PrerequisiteError
 from envkit.locking import FileLock, is_locked
-from envkit.pgserver import PgInstall, trim
+from envkit.providers.local.install import PgInstall
+from envkit.providers.local.templates import trim
 from envkit.reaper import _pipeline_dirs, _reserved_by
 from envkit.securefs import (
     check_parents,

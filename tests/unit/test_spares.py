@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from envkit import spares as pool
-from envkit.spares import (
+from envkit.providers.local import spares as pool
+from envkit.providers.local.spares import (
     DEMAND_MEMORY,
     MAX_SPARES,
     SPARES,

@@ -228,26 +228,6 @@ def test_a_provider_refusal_before_creating_anything_leaves_no_record(
         assert [e["event"] for e in store.events("p1")][-1] == "refused"
 
 
-def test_an_unusable_data_dir_is_refused_before_any_record(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from envkit import lifecycle
-    from envkit.errors import ConfigError
-    from envkit.settings import Settings
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(lifecycle, "get_provider", lambda name, s: _FakeProvider(False))
-    (tmp_path / "afile").write_text("")
-    for data_dir in (Path("/proc/envkit-x"), tmp_path / "afile" / "data"):
-        settings = Settings(home=tmp_path / "home", data_dir=data_dir)
-        ctx = lifecycle.Context(settings, "p1", StateStore(settings.home))
-        with pytest.raises(ConfigError, match="ENVKIT_DATA_DIR") as caught:
-            lifecycle.up(ctx, seed=False)
-        assert str(data_dir) in caught.value.message
-        assert not (tmp_path / "home").exists()
-        assert not data_dir.exists()
-
-
 @pytest.mark.parametrize("code", ["ENOSPC", "EROFS", "EACCES"])
 def test_the_cli_reports_a_machine_oserror_clearly_not_as_a_bug(
     code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -111,9 +111,9 @@ class Dataset:
             self.schema_sql.encode(),
             self.constraints_sql.encode(),
             json.dumps([self.name, self.version, repr(float(scale))]).encode(),
-            _module_source("envkit.generation"),
-            _module_source("envkit.masking"),
-            _module_source("envkit.loading"),
+            _module_source("envkit.seeding.generation"),
+            _module_source("envkit.seeding.masking"),
+            _module_source("envkit.seeding.loading"),
             faker_version().encode(),
         ):
             h.update(hashlib.sha256(part).digest())
@@ -271,7 +271,7 @@ def parse(folder: Traversable, name: str) -> Dataset:
         seen.add(tname)
     masking = data.get("masking", {})
     need(isinstance(masking, dict), "[masking] must be a table of tables.")
-    from envkit.masking import RULES
+    from envkit.seeding.masking import RULES
 
     for tname, rules in masking.items():
         need(tname in seen, f"[masking.{tname}] names no table of this dataset.")

@@ -21,29 +21,26 @@ from pathlib import Path
 from envkit.commands import spawn_helper
 from envkit.errors import PrerequisiteError, ProvisionError
 from envkit.health import PostgresProbe, Probe
-from envkit.loopback import AddressBook, bind_error, free_port
 from envkit.naming import short_hash, sql_identifier, validate_pipeline_id
-from envkit.osuser import RunAs, server_user, trusted_uids
-from envkit.pgserver import (
-    PgInstall,
+from envkit.processes import kill_group, processes_naming, wait_gone
+from envkit.providers import ProvisionRequest
+from envkit.providers.local.install import PgInstall, find_install
+from envkit.providers.local.loopback import AddressBook, bind_error, free_port
+from envkit.providers.local.osuser import RunAs, server_user, trusted_uids
+from envkit.providers.local.pgserver import (
     PgServer,
     PortInUseError,
-    TemplateCache,
     configure_app,
-    find_install,
-    kill_group,
     make_socket_dir,
     postmaster_pid,
-    processes_naming,
     socket_dir,
     stop_server,
-    wait_gone,
 )
-from envkit.providers import ProvisionRequest
+from envkit.providers.local.spares import checkout
+from envkit.providers.local.templates import TemplateCache
 from envkit.redact import scrub
 from envkit.securefs import private_dir, remove_tree, remove_tree_quietly
 from envkit.settings import Settings
-from envkit.spares import checkout
 from envkit.state import Record, write_atomic
 
 log = logging.getLogger(__name__)
@@ -199,8 +196,8 @@ class LocalProvider:
             "NETWORK_ID": f"lo:{address.host}",
             "CLUSTER_NAME": f"envkit-{pipeline_id}",
         }
-        if request.spec is not None:  # extra databases, then the services (envkit.supervisor)
-            from envkit.supervisor import provision_spec
+        if request.spec is not None:  # extra databases, then the services
+            from envkit.providers.local.services import provision_spec
 
             outputs.update(provision_spec(self, request, server, outputs))
         return outputs
@@ -209,7 +206,7 @@ class LocalProvider:
         """The data directory to copy: the base template, or with a dataset its seeded template
         (built once per machine), so a seeded environment costs what an empty one costs."""
         if request.dataset is not None:
-            from envkit.seeding import seeded_template
+            from envkit.seeding.pipeline import seeded_template
 
             return seeded_template(self.settings, self.templates(install, run_as), request)
         return self.templates(install, run_as).base()
@@ -307,14 +304,14 @@ class LocalProvider:
             )
         ]
         if record.resources.get("services"):
-            from envkit.supervisor import probes_for
+            from envkit.providers.local.services import probes_for
 
             probes += probes_for(record.resources, record.outputs)
         return probes
 
     def alive(self, record: Record) -> bool:
         if record.resources.get("services"):
-            from envkit.supervisor import services_alive
+            from envkit.providers.local.services import services_alive
 
             if not services_alive(record.resources):
                 return False
@@ -326,7 +323,7 @@ class LocalProvider:
         layout = self.layout
         pgdata = layout.pgdata(pipeline_id)
         # Services first (they hold database connections); found by record and by marker.
-        from envkit.supervisor import stop_services
+        from envkit.providers.local.services import stop_services
 
         stop_services(
             layout.home_key,

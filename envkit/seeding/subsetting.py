@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envkit.errors import ConfigError, PrerequisiteError, SeedError
-from envkit.loading import quote_ident
-from envkit.masking import CHANGED_CHECK, EXACT_CHECK, MASKERS, RULES, bind
 from envkit.redact import scrub
+from envkit.seeding.loading import quote_ident
+from envkit.seeding.masking import CHANGED_CHECK, EXACT_CHECK, MASKERS, RULES, bind
 
 if TYPE_CHECKING:
     import psycopg
@@ -484,7 +484,7 @@ def _next_result(pg: Any) -> Any:
 
 def _pg_dump(dsn: dict[str, Any], schema: str, tables: list[str], section: str) -> str:
     """DDL of ``tables`` from ``pg_dump`` (password in the environment, never in argv)."""
-    from envkit.pgserver import find_install
+    from envkit.providers.local.install import find_install
 
     bindir = os.environ.get("ENVKIT_PG_BINDIR")
     install = find_install(Path(bindir) if bindir else None)

@@ -31,16 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 from envkit.errors import ConfigError, ProvisionError
 from envkit.health import CommandProbe, HttpProbe, Probe, TcpProbe, TransientError
-from envkit.loopback import bind_error, free_port
-from envkit.osuser import RunAs
-from envkit.pgserver import process_alive
+from envkit.processes import process_alive
+from envkit.providers.local.loopback import bind_error, free_port
+from envkit.providers.local.osuser import RunAs
 from envkit.redact import scrub, secret_values
 from envkit.spec import EnvSpec, HealthCheck, ServiceSpec, render
 
 if TYPE_CHECKING:
-    from envkit.pgserver import PgServer
     from envkit.providers import ProvisionRequest
-    from envkit.providers.local import LocalProvider
+    from envkit.providers.local.pgserver import PgServer
+    from envkit.providers.local.provider import LocalProvider
 
 log = logging.getLogger(__name__)
 
@@ -407,7 +407,7 @@ def provision_spec(
     from urllib.parse import urlsplit, urlunsplit
 
     from envkit.outputs import complete
-    from envkit.pgserver import admin_sql
+    from envkit.providers.local.pgserver import admin_sql
     from envkit.spec import database_statements
 
     spec = request.spec

@@ -40,8 +40,8 @@ from envkit.redact import scrub
 from envkit.settings import Settings
 
 if TYPE_CHECKING:
-    from envkit.cloudsweep import SweepReport
     from envkit.health import Probe
+    from envkit.providers.aws.sweep import SweepReport
     from envkit.state import Record
 
 log = logging.getLogger(__name__)
@@ -478,7 +478,7 @@ class AwsProvider:
         from envkit.state import utcnow
 
         if self._sweeper is None:
-            from envkit.cloudsweep import sweep
+            from envkit.providers.aws.sweep import sweep
 
             self._sweeper = sweep
         return self._sweeper(

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from envkit.commands import spawn_helper
 from envkit.locking import is_locked
-from envkit.pgserver import COPY_COMMAND, copy_tree
+from envkit.providers.local.templates import COPY_COMMAND, copy_tree
 from envkit.securefs import remove_tree_quietly
 from envkit.state import write_atomic
 

@@ -18,8 +18,8 @@ from datetime import date, timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from envkit.datasets import Column, Dataset, Table
-from envkit.masking import (
+from envkit.seeding.datasets import Column, Dataset, Table
+from envkit.seeding.masking import (
     AREA_CODES,
     FICTIONAL_EXCHANGE,
     FICTIONAL_LINES,

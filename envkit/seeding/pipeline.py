@@ -17,15 +17,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envkit import datasets
 from envkit.errors import ConfigError, SeedError
+from envkit.seeding import datasets
 from envkit.settings import Settings
 from envkit.state import Record, Status
 
 if TYPE_CHECKING:
     from envkit.lifecycle import Context
-    from envkit.pgserver import PgServer, TemplateCache
     from envkit.providers import ProvisionRequest
+    from envkit.providers.local.pgserver import PgServer
+    from envkit.providers.local.templates import TemplateCache
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ def seeded_template(
     sidecar = templates.root / f"{templates.base_key()}-{name}.seed.json"
 
     def prepare(server: PgServer) -> None:
-        from envkit.loading import load_dataset
-        from envkit.pgserver import APP_PLACEHOLDER
+        from envkit.providers.local.pgserver import APP_PLACEHOLDER
+        from envkit.seeding.loading import load_dataset
 
         conninfo = dict(server.admin_conninfo(APP_PLACEHOLDER), user=APP_PLACEHOLDER)
         stats = load_dataset(conninfo, dataset, scale)
@@ -105,7 +106,7 @@ def seed_environment(
             f"Environment {record.pipeline_id!r} has no database to seed.",
             hint=f"Recreate it with 'envkit up {record.pipeline_id}'.",
         )
-    from envkit.loading import load_dataset
+    from envkit.seeding.loading import load_dataset
 
     stats = load_dataset(url, definition, scale, replace=True)
     stats["from_template"] = 0.0
@@ -157,8 +158,8 @@ def seed_pipeline(
                 hint=f"Create it first with 'envkit up {pipeline_id} --no-seed'.",
             )
         if source is not None and rules is not None:
-            from envkit.masking import masking_key
-            from envkit.subsetting import copy_subset
+            from envkit.seeding.masking import masking_key
+            from envkit.seeding.subsetting import copy_subset
 
             url = record.outputs.get("DATABASE_URL", "")
             stats = copy_subset(source, rules, url, key=masking_key(ctx.settings.home))

@@ -14,8 +14,8 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from envkit.datasets import Dataset
 from envkit.errors import SeedError
+from envkit.seeding.datasets import Dataset
 
 if TYPE_CHECKING:
     import psycopg
@@ -73,7 +73,7 @@ def load_dataset(
     """
     import psycopg
 
-    from envkit.generation import Generator
+    from envkit.seeding.generation import Generator
 
     started = time.perf_counter()
     generator = Generator(dataset, scale)

@@ -1,0 +1,6 @@
+"""The aws provider: Pulumi stacks driven by the Automation API, boto3 readiness probes and
+the tag-based leak sweep.
+
+Nothing outside this package imports its modules; the rest of envkit reaches it through
+:func:`envkit.providers.get_provider` and the :class:`envkit.providers.Provider` protocol.
+"""

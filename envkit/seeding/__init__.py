@@ -1,0 +1,1 @@
+"""Datasets: definitions, deterministic generation, masking, loading and subsetting."""
