@@ -742,7 +742,7 @@ class Reaper:
     def _cloud(self) -> None:
         try:
             from envkit.providers.aws import sweep as cloudsweep
-            from envkit.providers.aws.provider import aws_region
+            from envkit.providers.aws.prerequisites import aws_region
         except ImportError as exc:
             self.report.errors.append(
                 {

@@ -28,7 +28,7 @@ def _check(name: str, provider: str, required: bool, probe: Any) -> dict[str, An
 def run_checks() -> list[dict[str, Any]]:
     """Every check, local ones (required) first, then the aws provider's (informational)."""
     from envkit.errors import PrerequisiteError
-    from envkit.providers.aws import provider as aws
+    from envkit.providers.aws import prerequisites as aws
     from envkit.providers.local.install import find_install
 
     current = settings()

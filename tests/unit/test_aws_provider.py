@@ -12,16 +12,9 @@ import pytest
 
 from envkit.errors import LockedError, PrerequisiteError, ProvisionError, TeardownError
 from envkit.providers import ProvisionRequest
-from envkit.providers.aws.provider import (
-    PASSWORD_CONFIG_KEY,
-    AutomationFailure,
-    AwsProvider,
-    StackLocked,
-    StackMissing,
-    find_pulumi_cli,
-    secrets_config,
-    translate,
-)
+from envkit.providers.aws.automation import AutomationFailure, StackLocked, StackMissing, translate
+from envkit.providers.aws.prerequisites import find_pulumi_cli, secrets_config
+from envkit.providers.aws.provider import PASSWORD_CONFIG_KEY, AwsProvider
 from envkit.providers.aws.sweep import SweepReport
 from envkit.settings import Settings
 from envkit.state import Record, Status

@@ -1,0 +1,392 @@
+"""The Automation boundary: the few stack operations envkit needs, typed failures, and the
+recovery after a killed run.
+
+:class:`Automation` / :class:`StackHandle` are what the provider's logic is written against, so
+that create/select, up, destroy, lock and pending-operation recovery are tested without the CLI;
+:class:`PulumiAutomation` implements them over ``pulumi.automation``.
+
+Recovery after a killed run (documented in the README):
+
+* **stale lock** — a run killed mid-``up`` leaves its lock file in the backend and the next
+  operation fails with ``ConcurrentUpdateError``. envkit already holds this pipeline's own lock
+  (``ENVKIT_HOME/locks``) and pipeline IDs are unique per CI run, so a lock on the pipeline's
+  stack can only be stale: envkit logs a warning, runs ``pulumi cancel`` (which deletes the
+  lock on DIY backends too) and retries once.
+* **pending operations** — the same kill leaves ``pending_operations`` in the state: resources
+  Pulumi was creating, updating or deleting. envkit exports the state, logs each one, clears
+  them and imports it back (``pulumi stack export | edit | import``). A resource whose create
+  was pending may exist in AWS without being in the state; the tag sweep that follows every
+  destroy deletes it by its ``envkit:pipeline-id`` tag.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from envkit.errors import LockedError
+from envkit.providers.aws.prerequisites import (
+    default_backend,
+    find_pulumi_cli,
+    on_path_dir,
+    secrets_config,
+)
+from envkit.redact import scrub
+from envkit.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROJECT = "envkit"
+
+
+class AutomationFailure(Exception):
+    """A Pulumi operation failed (the CLI's stderr, already scrubbed of secrets)."""
+
+
+class StackLocked(AutomationFailure):
+    """Another update holds the stack's lock (Pulumi's ``ConcurrentUpdateError``)."""
+
+
+class StackMissing(AutomationFailure):
+    """The stack does not exist in the backend (Pulumi's ``StackNotFoundError``)."""
+
+
+Progress = Callable[[str], None]
+
+
+class StackHandle(Protocol):
+    """The operations envkit needs on one stack."""
+
+    name: str
+
+    def get_config(self, key: str) -> str | None:
+        """A config value, or ``None`` when unset."""
+        ...
+
+    def set_config(self, values: Mapping[str, tuple[str, bool]]) -> None:
+        """Set config values: key -> (value, secret)."""
+        ...
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set stack tags (visible in ``pulumi stack ls`` and the backend)."""
+        ...
+
+    def up(self, progress: Progress) -> dict[str, Any]:
+        """Run the program; return the stack outputs (plain values)."""
+        ...
+
+    def refresh(self, progress: Progress) -> None:
+        """Reconcile the state with what exists in AWS."""
+        ...
+
+    def destroy(self, progress: Progress) -> None:
+        """Delete every resource of the stack."""
+        ...
+
+    def cancel(self) -> None:
+        """Cancel the running update (deletes a stale lock on DIY backends)."""
+        ...
+
+    def export_state(self) -> dict[str, Any]:
+        """``{"version": int, "deployment": {...}}`` as ``pulumi stack export`` prints it."""
+        ...
+
+    def import_state(self, state: Mapping[str, Any]) -> None:
+        """Replace the stack's state (``pulumi stack import``)."""
+        ...
+
+
+class Automation(Protocol):
+    """Creates, selects and removes stacks of the ``envkit`` project."""
+
+    def create_or_select(self, stack_name: str) -> StackHandle:
+        """The stack, created when absent."""
+        ...
+
+    def select(self, stack_name: str) -> StackHandle:
+        """The existing stack; raises ``StackMissing`` when there is none."""
+        ...
+
+    def remove(self, stack_name: str) -> None:
+        """Remove the (empty) stack and its history."""
+        ...
+
+
+def translate(exc: BaseException, secrets_: list[str] | None = None) -> AutomationFailure | None:
+    """Pulumi Automation exceptions as the boundary's typed failures (``None``: not Pulumi's).
+
+    The types come first (``ConcurrentUpdateError`` and ``StackNotFoundError`` are subclasses
+    of ``CommandError``); the text is only what the message shows.
+    """
+    from pulumi.automation import errors as auto_errors
+
+    if not isinstance(exc, auto_errors.CommandError):
+        return None
+    text = scrub(_tail(str(exc)), secrets_ or [])
+    if isinstance(exc, auto_errors.ConcurrentUpdateError):
+        return StackLocked(text)
+    if isinstance(exc, auto_errors.StackNotFoundError):
+        return StackMissing(text)
+    return AutomationFailure(text)
+
+
+def _tail(text: str, lines: int = 12) -> str:
+    """The last lines of a CLI error: where Pulumi puts the cause."""
+    kept = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def describe_event(event: Any) -> str | None:
+    """A short progress line for a Pulumi engine event (``None``: nothing worth showing)."""
+    pre = getattr(event, "resource_pre_event", None)
+    if pre is None or pre.metadata is None:
+        return None
+    meta = pre.metadata
+    if meta.op is None or str(getattr(meta.op, "value", meta.op)) == "same":
+        return None
+    name = meta.urn.rsplit("::", 1)[-1]
+    return f"{getattr(meta.op, 'value', meta.op)} {meta.type} {name}"
+
+
+class PulumiStack:
+    """:class:`StackHandle` over ``pulumi.automation.Stack``."""
+
+    def __init__(self, stack: Any, secrets_: list[str]) -> None:
+        self._stack = stack
+        self._secrets = secrets_
+        self.name: str = stack.name
+
+    def _run(self, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except Exception as exc:
+            failure = translate(exc, self._secrets)
+            if failure is None:
+                raise
+            raise failure from None
+
+    def _events(self, progress: Progress) -> dict[str, Any]:
+        def on_event(event: Any) -> None:
+            line = describe_event(event)
+            if line:
+                progress(line)
+
+        def on_output(line: str) -> None:
+            log.debug("pulumi: %s", scrub(line.rstrip(), self._secrets))
+
+        return {"on_event": on_event, "on_output": on_output}
+
+    def get_config(self, key: str) -> str | None:
+        from pulumi.automation import errors as auto_errors
+
+        try:
+            return str(self._stack.get_config(key).value)
+        except auto_errors.CommandError:
+            return None  # the CLI reports a missing key as an error
+
+    def set_config(self, values: Mapping[str, tuple[str, bool]]) -> None:
+        from pulumi import automation as auto
+
+        config = {k: auto.ConfigValue(value=v, secret=s) for k, (v, s) in values.items()}
+        self._run(lambda: self._stack.set_all_config(config))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self._set_tag(key, value)
+
+    def _set_tag(self, key: str, value: str) -> None:
+        self._run(lambda: self._stack.set_tag(key, value))
+
+    def up(self, progress: Progress) -> dict[str, Any]:
+        result = self._run(lambda: self._stack.up(**self._events(progress)))
+        return {k: v.value for k, v in result.outputs.items()}
+
+    def refresh(self, progress: Progress) -> None:
+        self._run(lambda: self._stack.refresh(**self._events(progress)))
+
+    def destroy(self, progress: Progress) -> None:
+        self._run(lambda: self._stack.destroy(**self._events(progress)))
+
+    def cancel(self) -> None:
+        self._run(self._stack.cancel)
+
+    def export_state(self) -> dict[str, Any]:
+        deployment = self._run(self._stack.export_stack)
+        return {"version": deployment.version, "deployment": deployment.deployment}
+
+    def import_state(self, state: Mapping[str, Any]) -> None:
+        from pulumi.automation import Deployment
+
+        deployment = Deployment(version=state["version"], deployment=state["deployment"])
+        self._run(lambda: self._stack.import_stack(deployment))
+
+
+class PulumiAutomation:
+    """:class:`Automation` over ``pulumi.automation`` with an inline program (``stacks/``)."""
+
+    def __init__(
+        self,
+        *,
+        backend: str,
+        work_dir: Path,
+        env_vars: Mapping[str, str],
+        secrets_provider: str | None,
+        cli_root: str | None,
+        secrets_: list[str],
+    ) -> None:
+        self.backend = backend
+        self.work_dir = work_dir
+        self.env_vars = dict(env_vars)
+        self.secrets_provider = secrets_provider
+        self.cli_root = cli_root
+        self._secrets = secrets_
+
+    def _options(self) -> Any:
+        from pulumi import automation as auto
+
+        self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return auto.LocalWorkspaceOptions(
+            work_dir=str(self.work_dir),
+            env_vars=self.env_vars,
+            secrets_provider=self.secrets_provider,
+            project_settings=auto.ProjectSettings(
+                name=PROJECT,
+                runtime="python",
+                backend=auto.ProjectBackend(url=self.backend),
+            ),
+            pulumi_command=auto.PulumiCommand(root=self.cli_root),
+        )
+
+    @staticmethod
+    def _program() -> None:
+        # The same program `pulumi up` runs from Pulumi.yaml: config from the stack.
+        # mypy sees stacks/ as `stacks`; installed (and editable) it is envkit._stacks.
+        from envkit._stacks import program  # type: ignore[import-not-found]
+
+        program.main()
+
+    def _wrap(self, action: Callable[[], Any]) -> PulumiStack:
+        try:
+            stack = action()
+        except Exception as exc:
+            failure = translate(exc, self._secrets)
+            if failure is None:
+                raise
+            raise failure from None
+        return PulumiStack(stack, self._secrets)
+
+    def create_or_select(self, stack_name: str) -> StackHandle:
+        from pulumi import automation as auto
+
+        return self._wrap(
+            lambda: auto.create_or_select_stack(
+                stack_name, project_name=PROJECT, program=self._program, opts=self._options()
+            )
+        )
+
+    def select(self, stack_name: str) -> StackHandle:
+        from pulumi import automation as auto
+
+        return self._wrap(
+            lambda: auto.select_stack(
+                stack_name, project_name=PROJECT, program=self._program, opts=self._options()
+            )
+        )
+
+    def remove(self, stack_name: str) -> None:
+        from pulumi import automation as auto
+
+        try:
+            workspace = auto.LocalWorkspace(**vars(self._options()))
+            workspace.remove_stack(stack_name)
+        except Exception as exc:
+            failure = translate(exc, self._secrets)
+            if failure is None:
+                raise
+            if not isinstance(failure, StackMissing):
+                raise failure from None
+
+
+def connect(
+    settings: Settings, env: Mapping[str, str], region: str, secrets_: list[str]
+) -> PulumiAutomation:
+    """The boundary for these settings; checks the CLI and secrets first (exit 2, nothing made).
+
+    A generated or given passphrase is appended to ``secrets_`` so that error messages scrub it.
+    """
+    cli, version = find_pulumi_cli(env)
+    provider, passphrase = secrets_config(settings, env)
+    env_vars = {"PULUMI_SKIP_UPDATE_CHECK": "true", "AWS_REGION": region}
+    if passphrase is not None:
+        env_vars["PULUMI_CONFIG_PASSPHRASE"] = passphrase
+        secrets_.append(passphrase)
+    backend = default_backend(settings)
+    if backend.startswith("file://"):
+        Path(backend.removeprefix("file://")).mkdir(parents=True, exist_ok=True, mode=0o700)
+    log.debug("pulumi %s at %s, backend %s", version, cli, backend)
+    return PulumiAutomation(
+        backend=backend,
+        work_dir=settings.home / "pulumi" / "work",
+        env_vars=env_vars,
+        secrets_provider=provider or "passphrase",
+        # The installer's ~/.pulumi/bin is found even when it is not on PATH.
+        cli_root=None if cli.parent == on_path_dir(env) else str(cli.parent.parent),
+        secrets_=secrets_,
+    )
+
+
+# -- recovery after a killed run ----------------------------------------------------------------
+def with_recovery(stack: StackHandle, action: Callable[[], Any], what: str) -> Any:
+    """Run ``action``; on a stale lock cancel it, clear pending operations, retry once."""
+    clear_pending_operations(stack)
+    try:
+        return action()
+    except StackLocked as exc:
+        log.warning(
+            "the stack %s is locked (%s). envkit holds this pipeline's own lock, so the "
+            "stack lock was left by a killed run: cancelling it and retrying %s once",
+            stack.name,
+            first_line(str(exc)),
+            what,
+        )
+        stack.cancel()
+        clear_pending_operations(stack)
+        try:
+            return action()
+        except StackLocked as again:
+            raise LockedError(
+                f"The Pulumi stack {stack.name!r} stays locked after 'pulumi cancel': "
+                f"{first_line(str(again))}",
+                hint="Another process is updating it (a second CI job with the same pipeline "
+                "ID?). Wait for it, or run 'pulumi cancel' against the backend yourself.",
+            ) from None
+
+
+def clear_pending_operations(stack: StackHandle) -> list[dict[str, Any]]:
+    """Remove the pending operations a killed run left in the state; return them."""
+    state = stack.export_state()
+    deployment = state.get("deployment") or {}
+    pending = list(deployment.get("pending_operations") or [])
+    if not pending:
+        return []
+    for op in pending:
+        urn = (op.get("resource") or {}).get("urn", "?")
+        log.warning(
+            "stack %s: clearing the pending %s of %s left by a killed run%s",
+            stack.name,
+            op.get("type", "operation"),
+            urn,
+            " (it may exist in AWS untracked: the post-destroy tag sweep deletes it)"
+            if op.get("type") == "creating"
+            else "",
+        )
+    stack.import_state({**state, "deployment": {**deployment, "pending_operations": []}})
+    return pending
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line of ``text`` (a CLI error's headline)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else text
