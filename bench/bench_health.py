@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from envkit import lifecycle
-from envkit.health import PostgresProbe, wait_until_healthy
+from envkit.health import wait_until_healthy
+from envkit.health.postgres import PostgresProbe
 from envkit.providers.local.install import PgInstall
 from envkit.providers.local.pgserver import PgServer, stop_server
 from envkit.providers.local.provider import Layout, LocalProvider

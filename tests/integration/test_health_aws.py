@@ -9,12 +9,8 @@ from typing import Any
 
 import pytest
 
-from envkit.health import (
-    EcsServicesProbe,
-    HealthCheckFailedError,
-    RdsInstanceProbe,
-    wait_until_healthy,
-)
+from envkit.health import HealthCheckFailedError, wait_until_healthy
+from envkit.providers.aws.probes import EcsServicesProbe, RdsInstanceProbe
 
 pytestmark = [pytest.mark.aws, pytest.mark.integration]
 

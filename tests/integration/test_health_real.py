@@ -23,14 +23,10 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from envkit import lifecycle
-from envkit.health import (
-    CommandProbe,
-    HealthCheckFailedError,
-    HttpProbe,
-    PostgresProbe,
-    TcpProbe,
-    wait_until_healthy,
-)
+from envkit.health import HealthCheckFailedError, wait_until_healthy
+from envkit.health.command import CommandProbe
+from envkit.health.network import HttpProbe, TcpProbe
+from envkit.health.postgres import PostgresProbe
 from envkit.processes import wait_gone
 from envkit.providers.local.pgserver import stop_server
 from envkit.providers.local.provider import Layout, LocalProvider
@@ -90,7 +86,8 @@ def test_postgres_started_after_a_delay_is_detected(settings: Settings, client: 
 
 AUTO_WAIT = """
 import json, os, sys
-from envkit.health import PostgresProbe, wait_until_healthy
+from envkit.health import wait_until_healthy
+from envkit.health.postgres import PostgresProbe
 from pathlib import Path
 probe = PostgresProbe(os.environ["PROBE_URL"], client="auto", pidfile=Path(sys.argv[1]))
 report = wait_until_healthy([probe], timeout=30)

@@ -18,27 +18,17 @@ from pathlib import Path
 import pytest
 
 from envkit.errors import ConfigError, HealthCheckTimeoutError
-from envkit.health import (
-    DEFAULT_HTTP_STATUSES,
-    CommandProbe,
+from envkit.health import HealthCheckFailedError, ProbeError, TransientError, wait_until_healthy
+from envkit.health.command import CommandProbe
+from envkit.health.engine import backoff_delay, probe_cap, redact_text
+from envkit.health.network import DEFAULT_HTTP_STATUSES, HttpProbe, TcpProbe, json_path, judge_http
+from envkit.health.postgres import PostgresProbe, is_transient_pg_error
+from envkit.health.spec import probe_from_spec
+from envkit.providers.aws.probes import (
     EcsServicesProbe,
-    HealthCheckFailedError,
-    HttpProbe,
-    PostgresProbe,
-    ProbeError,
     RdsInstanceProbe,
-    TcpProbe,
-    TransientError,
-    backoff_delay,
-    is_transient_pg_error,
-    json_path,
     judge_ecs,
-    judge_http,
     judge_rds_status,
-    probe_cap,
-    probe_from_spec,
-    redact_text,
-    wait_until_healthy,
 )
 
 SECRET = "s3cr3t-Pa55"

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from envkit.commands import spawn_helper
 from envkit.errors import PrerequisiteError, ProvisionError
-from envkit.health import PostgresProbe, Probe
+from envkit.health import Probe
+from envkit.health.postgres import PostgresProbe
 from envkit.naming import short_hash, sql_identifier, validate_pipeline_id
 from envkit.processes import kill_group, processes_naming, wait_gone
 from envkit.providers import ProvisionRequest

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from envkit.errors import ConfigError, ProvisionError
-from envkit.health import CommandProbe, HttpProbe, Probe, TcpProbe, TransientError
+from envkit.health import Probe, TransientError
+from envkit.health.command import CommandProbe
+from envkit.health.network import HttpProbe, TcpProbe
 from envkit.processes import process_alive
 from envkit.providers.local.loopback import bind_error, free_port
 from envkit.providers.local.osuser import RunAs
