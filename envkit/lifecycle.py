@@ -91,7 +91,7 @@ def up(
     provider.preflight()  # a missing prerequisite is exit 2 with nothing created
     spec = ctx.spec  # so is a bad spec
     if spec is not None:
-        spec.check_provider(provider.name)
+        provider.check_spec(spec)
         if dataset is None:
             dataset = spec.dataset
     if not seed:

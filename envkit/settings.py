@@ -21,6 +21,7 @@ from typing import Any
 
 from envkit.durations import parse_duration
 from envkit.errors import ConfigError
+from envkit.spec_files import spec_defaults
 
 PROVIDERS = ("local", "aws")
 
@@ -254,9 +255,9 @@ class Settings:
             raise ConfigError(f"Unknown setting(s): {', '.join(sorted(unknown))}.")
         values.setdefault("home", default_home(environ))
         values.setdefault("owner", default_owner(environ))
-        from envkit.spec import spec_defaults  # [defaults] of envkit.toml: below all of the above
-
-        for key, value in spec_defaults(values.get("spec_file"), cwd or Path.cwd()).items():
+        # [defaults] of envkit.toml: below all of the above.
+        defaults = spec_defaults(values.get("spec_file"), cwd or Path.cwd(), setting_names())
+        for key, value in defaults.items():
             values.setdefault(key, value)
         if project_file is not None:
             values["project_file"] = project_file

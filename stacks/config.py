@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from envkit.naming import Tags, parse_iso
-from envkit.spec import output_key
+from envkit.spec_model import output_key
 
 ROLE_PIPELINE = "pipeline"
 ROLE_BASE = "base"

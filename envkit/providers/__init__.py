@@ -60,6 +60,11 @@ class Provider(Protocol):
         Checks that can run earlier belong in :meth:`preflight`."""
         ...
 
+    def check_spec(self, spec: EnvSpec) -> None:
+        """Raise ``ConfigError`` (exit 2) when this provider cannot run ``spec`` (a service
+        without the command or image it needs, a name it cannot use)."""
+        ...
+
     def probes(self, record: Record) -> list[Probe]:
         """Health probes for every component of a provisioned environment."""
         ...

@@ -8,17 +8,19 @@ from pathlib import Path
 import pytest
 
 from envkit.errors import ConfigError
+from envkit.providers import get_provider
+from envkit.providers.aws.services import aws_services
+from envkit.providers.local.databases import database_statements
+from envkit.settings import Settings
 from envkit.spec import (
     HealthCheck,
-    aws_services,
-    database_statements,
     find_spec_file,
     load_spec_file,
     parse_spec_text,
     placeholders,
     render,
-    spec_defaults,
 )
+from envkit.spec_files import spec_defaults
 
 SOURCE = Path("/project/envkit.toml")
 
@@ -166,13 +168,15 @@ def test_templating() -> None:
         render("{MISSING}", values)
 
 
-def test_provider_checks() -> None:
+def test_provider_checks(tmp_path: Path) -> None:
+    settings = Settings.resolve({"home": tmp_path}, env={}, cwd=tmp_path)
+    local, aws = get_provider("local", settings), get_provider("aws", settings)
     spec = parse('[services.api]\nimage = "x:1"\n')
     with pytest.raises(ConfigError, match=r"services\.api\.command"):
-        spec.check_provider("local")
-    spec.check_provider("aws")
+        local.check_spec(spec)
+    aws.check_spec(spec)
     with pytest.raises(ConfigError, match=r"services\.api\.image"):
-        parse('[services.api]\ncommand = "x"\n').check_provider("aws")
+        aws.check_spec(parse('[services.api]\ncommand = "x"\n'))
 
 
 def test_database_statements() -> None:

@@ -31,12 +31,15 @@ from envkit.providers.aws.automation import (
     with_recovery,
 )
 from envkit.providers.aws.prerequisites import aws_region
+from envkit.providers.aws.services import aws_services
+from envkit.providers.aws.services import check_spec as check_services
 from envkit.redact import scrub
 from envkit.settings import Settings
 
 if TYPE_CHECKING:
     from envkit.health import Probe
     from envkit.providers.aws.sweep import SweepReport
+    from envkit.spec_model import EnvSpec
     from envkit.state import Record
 
 log = logging.getLogger(__name__)
@@ -95,13 +98,16 @@ class AwsProvider:
         """Pulumi CLI (and version) and a secrets provider, before anything is created."""
         self.automation()
 
+    def check_spec(self, spec: EnvSpec) -> None:
+        """Every service needs an image and a name ECS accepts."""
+        check_services(spec)
+
     @staticmethod
     def _services(request: ProvisionRequest) -> tuple[Any, ...]:
         """The spec's services as ECS ``ServiceArgs`` (env placeholders rendered in the stack)."""
         if request.spec is None or not request.spec.services:
             return ()
         from envkit._stacks.config import ServiceArgs  # type: ignore[import-not-found]
-        from envkit.spec import aws_services
 
         return tuple(ServiceArgs(**args) for args in aws_services(request.spec))
 

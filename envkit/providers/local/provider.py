@@ -42,6 +42,7 @@ from envkit.providers.local.templates import TemplateCache
 from envkit.redact import scrub
 from envkit.securefs import private_dir, remove_tree, remove_tree_quietly
 from envkit.settings import Settings
+from envkit.spec_model import EnvSpec, spec_error
 from envkit.state import Record, write_atomic
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,18 @@ class LocalProvider:
         record is written when one is missing or not to be trusted."""
         self.install()
         self._ensure_roots(self.run_as())
+
+    def check_spec(self, spec: EnvSpec) -> None:
+        """Every service needs a command: this provider runs processes, not images."""
+        for service in spec.services:
+            if service.command is None:
+                raise spec_error(
+                    spec.source,
+                    f"services.{service.name}.command",
+                    "is missing: the local provider runs a command for every service "
+                    f"(it has only image = {service.image!r}).",
+                    hint="Add command = [...] (how to start it on this machine).",
+                )
 
     # -- provision ----------------------------------------------------------------------------
     def provision(self, request: ProvisionRequest) -> dict[str, str]:

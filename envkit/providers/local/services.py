@@ -315,7 +315,7 @@ class Cluster:
         from envkit.health import HealthCheckFailedError, wait_until_healthy
 
         place = self.place
-        assert service.command is not None  # checked by EnvSpec.check_provider
+        assert service.command is not None  # checked by LocalProvider.check_spec
         run_as = place.run_as(service)
         values = template_values(self.spec, service, outputs, place.host, port)
         argv = [render(arg, values) for arg in service.command]
@@ -409,8 +409,8 @@ def provision_spec(
     from urllib.parse import urlsplit, urlunsplit
 
     from envkit.outputs import complete
+    from envkit.providers.local.databases import database_statements
     from envkit.providers.local.pgserver import admin_sql
-    from envkit.spec import database_statements
 
     spec = request.spec
     if spec is None:
