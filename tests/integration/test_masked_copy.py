@@ -14,6 +14,7 @@ import pytest
 from envkit import lifecycle
 from envkit.errors import SeedError
 from envkit.lifecycle import Context
+from envkit.seeding import copytext
 from envkit.seeding import subsetting as s
 from envkit.seeding.masking import MASKERS, luhn_check_digit, mask_email
 from envkit.settings import Settings
@@ -108,7 +109,7 @@ def table(url: str) -> list[tuple[Any, ...]]:
 def test_tricky_values_are_masked_exactly_and_kept_exactly(
     servers: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(s, "BATCH_ROWS", 97)  # many batches, some ending mid-pattern
+    monkeypatch.setattr(copytext, "BATCH_ROWS", 97)  # many batches, some ending mid-pattern
     source, target = servers
     data = rows(1000)
     fill(source, data)
@@ -162,14 +163,14 @@ def test_nothing_unmasked_is_sent_to_the_target(
     monkeypatch.setattr(psycopg.Cursor, "execute", spy_execute(psycopg.Cursor.execute))
     monkeypatch.setattr(psycopg.Cursor, "copy", spy_execute(psycopg.Cursor.copy))
     monkeypatch.setattr(psycopg.Copy, "write", write)
-    original_copy_out = s._copy_out
+    original_copy_out = copytext.copy_out
 
     def copy_out(conn: psycopg.Connection[Any], query: str) -> Generator[bytes, None, None]:
         if to_target(conn):
             sent.append(query)
         return original_copy_out(conn, query)
 
-    monkeypatch.setattr(s, "_copy_out", copy_out)
+    monkeypatch.setattr(s, "copy_out", copy_out)
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES)
     s.copy_subset(source, rules, target, key=KEY)
@@ -178,7 +179,7 @@ def test_nothing_unmasked_is_sent_to_the_target(
     for row in data:
         for value in row[1:4]:
             if value:
-                assert s.copy_escape(value) not in everything and value not in everything
+                assert copytext.copy_escape(value) not in everything and value not in everything
 
 
 def test_a_leak_is_caught_and_nothing_is_kept(servers: tuple[str, str], tmp_path: Path) -> None:
@@ -204,19 +205,19 @@ def test_copy_out_leaves_its_connection_usable(
 ) -> None:
     source, _ = servers
     fill(source, rows(500))
-    monkeypatch.setattr(s, "BATCH_ROWS", 50)
+    monkeypatch.setattr(copytext, "BATCH_ROWS", 50)
     with psycopg.connect(source) as conn:
-        batches = list(s._copy_out(conn, "SELECT id, note FROM people ORDER BY id"))
+        batches = list(copytext.copy_out(conn, "SELECT id, note FROM people ORDER BY id"))
         assert sum(b.count(b"\n") for b in batches) == 500 and len(batches) == 10
         assert batches[0].startswith(b"0\ttab\\there\n1\tnew\\nline\n")
         assert conn.execute("SELECT 1").fetchone() == (1,)  # idle again, same transaction
 
         with pytest.raises(psycopg.errors.UndefinedTable):
-            list(s._copy_out(conn, "SELECT * FROM no_such_table"))
+            list(copytext.copy_out(conn, "SELECT * FROM no_such_table"))
         conn.rollback()
         assert conn.execute("SELECT 2").fetchone() == (2,)
 
-        reader = s._copy_out(conn, "SELECT id FROM people")
+        reader = copytext.copy_out(conn, "SELECT id FROM people")
         next(reader)
         reader.close()  # a consumer stopping early (an error downstream) cancels the COPY
         conn.rollback()

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import pytest
 
 from envkit.errors import SeedError
+from envkit.seeding import copytext as s
 from envkit.seeding import masking as m
-from envkit.seeding import subsetting as s
 
 KEY = b"k" * 32
 
@@ -49,7 +49,7 @@ def encode(rows: Sequence[Sequence[str | None]]) -> bytes:
 
 
 def decode(data: bytes, n: int) -> list[list[str | None]]:
-    fields, rows = s._fields(data.decode(), n)
+    fields, rows = s.split_fields(data.decode(), n)
     values = [None if f == "\\N" else s.copy_unescape(f) for f in fields]
     return [values[i * n : (i + 1) * n] for i in range(rows)]
 
