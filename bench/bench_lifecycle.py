@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE.parent))
 from envkit import lifecycle  # noqa: E402
 from envkit.locking import is_locked  # noqa: E402
 from envkit.providers.local import spares  # noqa: E402
-from envkit.reaper import inventory  # noqa: E402
+from envkit.providers.local.leftovers import inventory  # noqa: E402
 from envkit.settings import Settings  # noqa: E402
 
 

@@ -13,13 +13,12 @@ signalled. Imported by lifecycle: standard library only at import time.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
-import time
-from collections.abc import Iterable
 from typing import Any
+
+from envkit import processes
+from envkit.processes import process_alive, start_time
 
 log = logging.getLogger(__name__)
 
@@ -40,44 +39,18 @@ def new_run() -> tuple[str, dict[str, int]] | None:
     return secrets.token_hex(12), {"pid": os.getpid(), "start": start}
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22): with
-    the pid it names one process, even after the pid is reused."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def owner_gone(run: dict[str, Any]) -> bool:
     """Whether the envkit that recorded ``run`` no longer runs: no such process, its zombie
     (killed, not yet reaped by its parent), or another process under its pid."""
-    from envkit.processes import process_alive
-
     pid, start = run.get("pid"), run.get("start")
     if not isinstance(pid, int) or not isinstance(start, int) or pid == os.getpid():
         return False
     return not process_alive(pid, {}) or start_time(pid) != start
 
 
-def carriers(marker: str, pids: Iterable[int] | None = None) -> list[int]:
-    """Processes whose environment holds ``ENVKIT_RUN_MARKER=<marker>`` (those this user may
-    read: root reads them all)."""
-    needle = f"{MARKER_VARIABLE}={marker}".encode()
-    me = os.getpid()
-    found = []
-    for pid in pids if pids is not None else _all_pids():
-        if pid == me:
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                environ = fh.read()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            found.append(pid)
-    return found
+def carriers(marker: str) -> list[int]:
+    """This user's processes whose environment holds ``ENVKIT_RUN_MARKER=<marker>``."""
+    return processes.carriers({MARKER_VARIABLE: marker}, {os.geteuid()})
 
 
 def stop_orphaned_command(pipeline_id: str, resources: dict[str, Any]) -> list[int]:
@@ -109,32 +82,14 @@ def _stop(pipeline_id: str, marker: str) -> list[int]:
         pipeline_id,
         " ".join(map(str, found)),
     )
-    signalled = set(found)
-    _signal(found, signal.SIGTERM)
-    deadline = time.monotonic() + GRACE
-    while time.monotonic() < deadline:
-        time.sleep(0.02)
-        found = carriers(marker)
-        if not found:
-            return sorted(signalled)
-        _signal([pid for pid in found if pid not in signalled], signal.SIGTERM)
-        signalled.update(found)
-    # Still carrying the marker right now (so not a reused pid): kill.
-    _signal(carriers(marker, found), signal.SIGKILL)
-    return sorted(signalled)
-
-
-def _signal(pids: Iterable[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def _all_pids() -> list[int]:
-    try:
-        return [int(e) for e in os.listdir("/proc") if e.isdigit()]
-    except OSError:  # no /proc: nothing can be found (and new_run recorded nothing)
-        return []
+    # One by one, not by process group: the command may share a group with processes that do
+    # not carry the marker, and no process without the marker is ever signalled.
+    return processes.stop(
+        lambda: carriers(marker),
+        grace=GRACE,
+        groups=False,
+        what=f"processes of a run of {pipeline_id}",
+    )
 
 
 def spawn_helper(argv: list[str], *, pass_fds: tuple[int, ...] = ()) -> None:
@@ -157,5 +112,4 @@ def spawn_helper(argv: list[str], *, pass_fds: tuple[int, ...] = ()) -> None:
 def without_marker(environ: dict[str, str] | None = None) -> dict[str, str]:
     """An environment for envkit's own detached helpers (spare refills, trash removal): they
     must not carry a run's marker, or cleaning up after that run would kill them mid-work."""
-    return {k: v for k, v in (os.environ if environ is None else environ).items()
-            if k != MARKER_VARIABLE}
+    return processes.without_marks(os.environ if environ is None else environ, [MARKER_VARIABLE])

@@ -34,9 +34,9 @@ def logs(
 ) -> None:
     """Show the logs of a local environment's services (and 'postgres', its database)."""
     from envkit.lifecycle import Context
+    from envkit.providers.local.logs import follow as follow_logs
+    from envkit.providers.local.logs import pick_logs, tail_lines
     from envkit.providers.local.provider import Layout
-    from envkit.providers.local.services import follow as follow_logs
-    from envkit.providers.local.services import pick_logs, tail_lines
 
     ctx = Context.build(pipeline_id, settings())
     files = pick_logs(Layout.for_settings(ctx.settings).logs(ctx.pipeline_id), service)

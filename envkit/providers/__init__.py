@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Protocol
 from envkit.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Set as AbstractSet
+
     from envkit.health import Probe
+    from envkit.reaping import Leftover, ReapOptions, ReapReport
     from envkit.settings import Settings
     from envkit.spec import EnvSpec
     from envkit.state import Record
@@ -89,6 +92,18 @@ class Provider(Protocol):
 
     def destroy(self, pipeline_id: str, record: Record | None) -> None:
         """Remove everything of ``pipeline_id``; succeed when nothing is there."""
+        ...
+
+    def leftovers(self, known: AbstractSet[str]) -> list[Leftover]:
+        """Pipelines of this ``ENVKIT_HOME`` that left something but have no record (IDs not in
+        ``known``), found by the provider's own marks only; the reaper decides on each and calls
+        :meth:`destroy` under the pipeline's lock. Finds, never changes anything."""
+        ...
+
+    def reap_leftovers(self, options: ReapOptions) -> ReapReport:
+        """Reap what the provider left that belongs to no pipeline of this home (half-done
+        copies, stale caches, cloud resources found by tag); with ``options.dry_run`` only
+        report it, writing nothing."""
         ...
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from envkit.providers.local.provider import Layout
-from envkit.providers.local.services import find_service_processes
+from envkit.providers.local.service_processes import find_service_processes
 from envkit.settings import Settings
 
 pytestmark = pytest.mark.e2e

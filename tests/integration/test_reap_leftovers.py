@@ -25,10 +25,12 @@ from conftest import tear_down_home
 from envkit import lifecycle
 from envkit.locking import is_locked
 from envkit.processes import wait_gone
+from envkit.providers.local.leftovers import marked_processes
 from envkit.providers.local.pgserver import postmaster_pid
 from envkit.providers.local.provider import Layout
 from envkit.providers.local.spares import spares_dir
-from envkit.reaper import ReapReport, marked_processes, reap
+from envkit.reaper import reap
+from envkit.reaping import ReapReport
 from envkit.settings import Settings
 from envkit.state import Status, utcnow
 

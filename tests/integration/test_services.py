@@ -12,9 +12,10 @@ import pytest
 
 from envkit import lifecycle
 from envkit.errors import EnvkitError, ProvisionError
+from envkit.processes import process_age
 from envkit.providers import get_provider
 from envkit.providers.local.provider import Layout
-from envkit.providers.local.services import find_service_processes, process_age, stop_services
+from envkit.providers.local.service_processes import find_service_processes, stop_services
 from envkit.settings import Settings
 from envkit.state import Record
 

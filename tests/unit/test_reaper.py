@@ -10,7 +10,9 @@ import pytest
 
 from envkit.locking import FileLock
 from envkit.naming import iso_utc
-from envkit.reaper import Reaper, decide, decide_orphan
+from envkit.providers.local.provider import LocalProvider
+from envkit.reaper import Reaper
+from envkit.reaping import decide, decide_orphan
 from envkit.settings import Settings
 from envkit.state import Record, StateStore, Status
 
@@ -78,12 +80,11 @@ def test_orphans() -> None:
     assert decide_orphan(["process"], now=NOW, since=None, older_than=timedelta(hours=1)).reap
 
 
-class FakeProvider:
-    """Records what would be destroyed; creates nothing."""
+class FakeProvider(LocalProvider):
+    """Records what would be destroyed; creates nothing (its leftovers are the real ones)."""
 
-    name = "local"
-
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
         self.destroyed: list[str] = []
 
     def destroy(self, pipeline_id: str, record: Record | None) -> None:
@@ -92,8 +93,8 @@ class FakeProvider:
 
 def _reaper(settings: Settings, **kwargs: object) -> tuple[Reaper, FakeProvider]:
     reaper = Reaper(settings, now=NOW, **kwargs)  # type: ignore[arg-type]
-    fake = FakeProvider()
-    reaper._providers["local"] = fake  # type: ignore[assignment]
+    fake = FakeProvider(settings)
+    reaper._providers["local"] = fake
     return reaper, fake
 
 

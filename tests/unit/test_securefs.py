@@ -13,8 +13,9 @@ import pytest
 from envkit.errors import PrerequisiteError
 from envkit.locking import FileLock, is_locked
 from envkit.providers.local.install import PgInstall
+from envkit.providers.local.leftovers import pipeline_dirs as _pipeline_dirs
+from envkit.providers.local.leftovers import reserved_by as _reserved_by
 from envkit.providers.local.templates import trim
-from envkit.reaper import _pipeline_dirs, _reserved_by
 from envkit.securefs import (
     check_parents,
     is_within,

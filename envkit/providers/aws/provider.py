@@ -33,10 +33,13 @@ from envkit.providers.aws.automation import (
 from envkit.providers.aws.prerequisites import aws_region
 from envkit.providers.aws.services import aws_services
 from envkit.providers.aws.services import check_spec as check_services
+from envkit.reaping import Leftover, ReapOptions, ReapReport
 from envkit.redact import scrub
 from envkit.settings import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Set as AbstractSet
+
     from envkit.health import Probe
     from envkit.providers.aws.sweep import SweepReport
     from envkit.spec_model import EnvSpec
@@ -245,6 +248,41 @@ class AwsProvider:
             log.warning("cannot check %s (%s); assuming it is alive", identifier, exc)
             return True
         return bool(found) and found[0].get("DBInstanceStatus") not in ("deleting", "failed")
+
+    def leftovers(self, known: AbstractSet[str]) -> list[Leftover]:
+        """None by pipeline: cloud leftovers are found by their tags (:meth:`reap_leftovers`)."""
+        return []
+
+    def reap_leftovers(self, options: ReapOptions) -> ReapReport:
+        """The tag sweep: delete the resources of expired pipelines found by their tags alone."""
+        report = ReapReport(dry_run=options.dry_run)
+        try:
+            if self._sweeper is None:
+                from envkit.providers.aws.sweep import sweep
+
+                self._sweeper = sweep
+            swept = self._sweeper(
+                region=self.region,
+                dry_run=options.dry_run,
+                now=options.now,
+                older_than=options.older_than,
+            )
+        except ImportError as exc:
+            report.errors.append(
+                {
+                    "pipeline_id": None,
+                    "kind": "cloud",
+                    "error": f"the AWS leak sweep is not available: {exc}",
+                }
+            )
+            return report
+        except EnvkitError as exc:
+            report.errors.append({"pipeline_id": None, "kind": "cloud", "error": exc.message})
+            return report
+        report.reaped.extend(swept.reaped)
+        report.kept.extend(swept.kept)
+        report.errors.extend(swept.errors)
+        return report
 
     def destroy(self, pipeline_id: str, record: Record | None) -> None:
         automation = self.automation()

@@ -11,10 +11,10 @@ import errno
 import logging
 import os
 import secrets
-import signal
 import stat
 import sys
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from envkit.errors import PrerequisiteError, ProvisionError
 from envkit.health import Probe
 from envkit.health.postgres import PostgresProbe
 from envkit.naming import short_hash, sql_identifier, validate_pipeline_id
-from envkit.processes import kill_group, processes_naming, wait_gone
+from envkit.processes import processes_naming, stop
 from envkit.providers import ProvisionRequest
 from envkit.providers.local.install import PgInstall, find_install
 from envkit.providers.local.loopback import AddressBook, bind_error, free_port
@@ -39,6 +39,7 @@ from envkit.providers.local.pgserver import (
 )
 from envkit.providers.local.spares import checkout
 from envkit.providers.local.templates import TemplateCache
+from envkit.reaping import Leftover, ReapOptions, ReapReport
 from envkit.redact import scrub
 from envkit.securefs import private_dir, remove_tree, remove_tree_quietly
 from envkit.settings import Settings
@@ -120,9 +121,10 @@ class LocalProvider:
 
     name = "local"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, layout: Layout | None = None) -> None:
         self.settings = settings
-        self.layout = Layout.for_settings(settings)
+        # Another layout: the pipelines of another (deleted) home, for the reap of its leftovers.
+        self.layout = layout or Layout.for_settings(settings)
 
     # -- prerequisites ------------------------------------------------------------------------
     def install(self) -> PgInstall:
@@ -337,7 +339,7 @@ class LocalProvider:
         layout = self.layout
         pgdata = layout.pgdata(pipeline_id)
         # Services first (they hold database connections); found by record and by marker.
-        from envkit.providers.local.services import stop_services
+        from envkit.providers.local.service_processes import stop_services
 
         stop_services(
             layout.home_key,
@@ -346,14 +348,35 @@ class LocalProvider:
             record.resources if record is not None else None,
         )
         stop_server(pgdata, fast=False, timeout=5.0)
-        for pid in self.stray_processes(pipeline_id):
-            log.warning("killing stray process %s of %s", pid, pipeline_id)
-            kill_group(pid, signal.SIGKILL)
-            wait_gone(pid, 2.0)
+        stop(
+            lambda: self.stray_processes(pipeline_id),
+            grace=0.0,
+            kill_wait=2.0,
+            what=f"stray processes of {pipeline_id}",
+        )
         self._clear_env_dir(pipeline_id)
         sockets = layout.socket_dir(pipeline_id)
         remove_tree_quietly(sockets, sockets.parent)
         layout.addresses.release(layout.owner_key(pipeline_id))
+
+    # -- leftovers ------------------------------------------------------------------------------
+    def leftovers(self, known: AbstractSet[str]) -> list[Leftover]:
+        """Pipelines of this home with a directory, a server or an address but no record."""
+        from envkit.providers.local.leftovers import orphans
+
+        return orphans(self.layout, known, trusted_uids(self.settings.pg_user))
+
+    def reap_leftovers(self, options: ReapOptions) -> ReapReport:
+        """Half-done spares and template builds, unfinished reservations, surplus spares, stale
+        templates, and the directories of other homes that were deleted."""
+        from envkit.providers.local.leftovers import SharedLeftovers
+        from envkit.providers.local.orphaned_homes import OrphanedHomes
+
+        owners = trusted_uids(self.settings.pg_user)
+        report = ReapReport(dry_run=options.dry_run)
+        for sweep in (SharedLeftovers, OrphanedHomes):
+            report.merge(sweep(self.settings, self.layout, options, owners).run())
+        return report
 
     def stray_processes(self, pipeline_id: str) -> list[int]:
         """Processes of envkit's users whose command line names this pipeline's directory

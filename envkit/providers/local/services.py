@@ -3,11 +3,11 @@
 Each service is started in dependency order, in its own session (so one ``killpg`` stops it and
 whatever it spawned), bound to the pipeline's loopback address (``HOST``/``PORT`` in its
 environment), with the outputs injected, stdout and stderr in ``logs/<name>.log`` (0600), and it
-must pass its health check before the next one starts. Every service process carries a marker in
-its environment (``ENVKIT_HOME_KEY`` + ``ENVKIT_PIPELINE_ID``) and runs in a working directory
-under the pipeline's env dir, so :func:`stop_services` finds it even when no record says it
-exists (``up`` killed between spawning and saving). Its pid and process group are recorded before
-and after the spawn (write-ahead) for the same reason.
+must pass its health check before the next one starts. Every service process carries marks in its
+environment and runs in a working directory under the pipeline's env dir, so it is found and
+stopped even when no record says it exists (:mod:`envkit.providers.local.service_processes`).
+Its pid and process group are recorded before and after the spawn (write-ahead) for the same
+reason.
 
 Services run as the user who runs envkit (``run_as = "invoker"``, the default): they are the
 project's own code and need its interpreter, virtualenv and checkout, which a root CI job keeps in
@@ -17,25 +17,31 @@ Service environments hold secrets: they are never logged.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envkit.errors import ConfigError, ProvisionError
+from envkit.errors import ProvisionError
 from envkit.health import Probe, TransientError
 from envkit.health.command import CommandProbe
 from envkit.health.network import HttpProbe, TcpProbe
-from envkit.processes import process_alive
+from envkit.processes import process_age
+from envkit.providers.local.logs import log_tail
 from envkit.providers.local.loopback import bind_error, free_port
 from envkit.providers.local.osuser import RunAs
+from envkit.providers.local.service_processes import (
+    CHILDREN,
+    MARKER_HOME,
+    MARKER_PIPELINE,
+    MARKER_SERVICE,
+    pid_alive,
+)
 from envkit.redact import scrub, secret_values
 from envkit.spec import EnvSpec, HealthCheck, ServiceSpec, render
 
@@ -46,13 +52,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MARKER_HOME = "ENVKIT_HOME_KEY"
-MARKER_PIPELINE = "ENVKIT_PIPELINE_ID"
-MARKER_SERVICE = "ENVKIT_SERVICE"
 RUNNING_SETTLE = 0.5  # a "running" health check passes once the process lived this long
-LOG_TAIL_LINES = 20
 _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # services this process spawned, to reap
 
 
 @dataclass(frozen=True)
@@ -163,30 +164,6 @@ def service_env(
 # -- probes ---------------------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    return process_alive(pid, _CHILDREN)
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state first)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()
-    except OSError:
-        return None
-
-
-def process_age(pid: int) -> float | None:
-    """Seconds since ``pid`` started, from /proc (works for processes of earlier envkits)."""
-    stat = _stat(pid)
-    try:
-        with open("/proc/uptime", encoding="ascii") as fh:
-            uptime = float(fh.read().split()[0])
-        return uptime - int(stat[19]) / os.sysconf("SC_CLK_TCK") if stat else None
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 class ServiceExitedError(Exception):
     """The service process is gone: waiting longer would not help."""
 
@@ -206,7 +183,7 @@ class ServiceProbe:
         self.name = self.name or self.service
 
     def check(self) -> None:
-        if not _pid_alive(self.pid):
+        if not pid_alive(self.pid):
             raise ServiceExitedError(f"service {self.service} exited (log: {self.log_path})")
         if self.inner is None:
             age = process_age(self.pid)
@@ -265,10 +242,16 @@ def probes_for(resources: Mapping[str, Any], outputs: Mapping[str, str]) -> list
 
 def services_alive(resources: Mapping[str, Any]) -> bool:
     """Whether every recorded service process still runs."""
-    return all(
-        entry.get("pid") and _pid_alive(int(entry["pid"]))
-        for entry in (resources.get("services") or {}).values()
-    )
+    return not stopped_services(resources)
+
+
+def stopped_services(resources: Mapping[str, Any]) -> list[str]:
+    """Names of the recorded services whose process no longer runs."""
+    return [
+        name
+        for name, entry in (resources.get("services") or {}).items()
+        if not (entry.get("pid") and pid_alive(int(entry["pid"])))
+    ]
 
 
 def _invoker() -> RunAs:
@@ -366,7 +349,7 @@ class Cluster:
             ) from None
         finally:
             os.close(fd)
-        _CHILDREN[proc.pid] = proc
+        CHILDREN[proc.pid] = proc
         entry["pid"] = proc.pid
         entry["pgid"] = proc.pid  # start_new_session: it leads its own group
         self.save()
@@ -459,199 +442,3 @@ def provision_spec(
     )
     request.timings["services"] = time.monotonic() - started
     return added
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last ``lines`` lines of a log file."""
-    return "\n".join(tail_lines(path, lines)) or "(log is empty)"
-
-
-def tail_lines(path: Path, lines: int) -> list[str]:
-    """The last ``lines`` lines of ``path`` (reads at most the last 256 KiB)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - (256 << 10)))
-            text = fh.read().decode(errors="replace")
-    except OSError:
-        return []
-    return text.splitlines()[-lines:] if lines > 0 else []
-
-
-# -- stop -----------------------------------------------------------------------------------------
-
-
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return {}
-    found = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep and key in (MARKER_HOME.encode(), MARKER_PIPELINE.encode()):
-            found[key.decode()] = value.decode(errors="replace")
-    return found
-
-
-def _cwd(pid: int) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return ""
-
-
-def belongs(pid: int, home_key: str, pipeline_id: str, env_dir: Path) -> bool:
-    """Whether process ``pid`` is a service (or a child of one) of this pipeline: its marker,
-    or its working directory under the env dir's ``services/`` (not the env dir as a whole:
-    PostgreSQL runs in its data directory there, and is stopped its own way)."""
-    marks = _environ(pid)
-    if marks.get(MARKER_HOME) == home_key and marks.get(MARKER_PIPELINE) == pipeline_id:
-        return True
-    return _cwd(pid).startswith(str(env_dir / "services") + os.sep)
-
-
-def find_service_processes(home_key: str, pipeline_id: str, env_dir: Path) -> list[int]:
-    """Every live process of this pipeline's services, found from /proc alone."""
-    own = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != own:
-            pid = int(entry)
-            if belongs(pid, home_key, pipeline_id, env_dir) and _pid_alive(pid):
-                found.append(pid)
-    return found
-
-
-def stop_services(
-    home_key: str,
-    pipeline_id: str,
-    env_dir: Path,
-    resources: Mapping[str, Any] | None,
-    *,
-    grace: float | None = None,
-) -> list[int]:
-    """Stop every service process of the pipeline: SIGTERM to each process group, SIGKILL to what
-    is left after the grace period. Return the pids that were found."""
-    recorded = (resources or {}).get("services") or {}
-    wait = max([float(e.get("grace", 5.0)) for e in recorded.values()] or [5.0])
-    if grace is not None:
-        wait = grace
-    if not recorded and not (env_dir / "services").exists():
-        # Services get their directory before any is spawned: none was, skip the /proc scan
-        # (~15 ms with reading every process's environment).
-        return []
-    pids = set(find_service_processes(home_key, pipeline_id, env_dir))
-    for entry in recorded.values():
-        pid = entry.get("pid")
-        # A recorded pid may have been reused by now: only one that still carries the marker.
-        if pid and _pid_alive(int(pid)) and belongs(int(pid), home_key, pipeline_id, env_dir):
-            pids.add(int(pid))
-    if not pids:
-        _reap_children()
-        return []
-    own_group = os.getpgrp()
-    groups = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            group = os.getpgid(pid)
-            if group != own_group:
-                groups.add(group)
-    _signal_all(groups, pids, signal.SIGTERM)
-    deadline = time.monotonic() + wait
-    while any(_pid_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    left = [p for p in pids if _pid_alive(p)]
-    if left:
-        log.warning(
-            "service processes %s of %s did not stop within %.0fs of SIGTERM: killing them",
-            left,
-            pipeline_id,
-            wait,
-        )
-        _signal_all(groups, set(left), signal.SIGKILL)
-        deadline = time.monotonic() + 5.0
-        while any(_pid_alive(p) for p in left) and time.monotonic() < deadline:
-            time.sleep(0.005)
-    _reap_children()
-    return sorted(pids)
-
-
-def _signal_all(groups: set[int], pids: set[int], sig: signal.Signals) -> None:
-    for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, sig)
-    for pid in pids:  # members that left the group (setsid) are signalled one by one
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def _reap_children() -> None:
-    for pid, child in list(_CHILDREN.items()):
-        if child.poll() is not None:
-            _CHILDREN.pop(pid, None)
-
-
-# -- logs -----------------------------------------------------------------------------------------
-
-
-def log_files(logs_dir: Path) -> dict[str, Path]:
-    """name → log file of an environment: ``postgres`` first, then services by name."""
-    if not logs_dir.is_dir():
-        return {}
-    files = {p.stem: p for p in sorted(logs_dir.glob("*.log"))}
-    ordered = {"postgres": files.pop("postgres")} if "postgres" in files else {}
-    ordered.update(files)
-    return ordered
-
-
-def pick_logs(logs_dir: Path, service: str | None) -> dict[str, Path]:
-    """The log files to show; ``ConfigError`` naming the known ones when ``service`` is unknown."""
-    files = log_files(logs_dir)
-    if service is None:
-        return files
-    if service in ("database", "db"):
-        service = "postgres"
-    if service not in files:
-        raise ConfigError(
-            f"No log named {service!r} in {logs_dir}.",
-            hint=f"Known: {', '.join(files) or 'none (is the environment up?)'}.",
-        )
-    return {service: files[service]}
-
-
-def follow(
-    files: Mapping[str, Path], *, interval: float = 0.2, stop: Callable[[], bool] = lambda: False
-) -> Iterator[tuple[str, str]]:
-    """Yield ``(name, line)`` as lines are appended to ``files`` (from their current end)."""
-    positions = {}
-    for name, path in files.items():
-        try:
-            positions[name] = path.stat().st_size
-        except OSError:
-            positions[name] = 0
-    pending = dict.fromkeys(files, "")
-    while not stop():
-        quiet = True
-        for name, path in files.items():
-            try:
-                with open(path, "rb") as fh:
-                    size = os.fstat(fh.fileno()).st_size
-                    if size < positions[name]:  # truncated or replaced: start over
-                        positions[name] = 0
-                    fh.seek(positions[name])
-                    chunk = fh.read()
-            except OSError:
-                continue
-            if not chunk:
-                continue
-            quiet = False
-            positions[name] += len(chunk)
-            text = pending[name] + chunk.decode(errors="replace")
-            *complete, pending[name] = text.split("\n")
-            for line in complete:
-                yield name, line
-        if quiet:
-            time.sleep(interval)
