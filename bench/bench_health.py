@@ -40,6 +40,7 @@ from typing import Any
 from envkit import lifecycle
 from envkit.health import wait_until_healthy
 from envkit.health.postgres import PostgresProbe
+from envkit.plan import Plan
 from envkit.providers.local.install import PgInstall
 from envkit.providers.local.pgserver import PgServer, stop_server
 from envkit.providers.local.provider import Layout, LocalProvider
@@ -211,7 +212,7 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="envkit-bench-health-"))
     settings = Settings.resolve({"home": home})
-    ctx = lifecycle.Context.build("bench-health", settings)
+    ctx = Plan.build("bench-health", settings, seed=False)
     try:
         record = lifecycle.up(ctx)
         server = server_for(settings, record)

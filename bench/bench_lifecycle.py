@@ -43,6 +43,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from envkit import lifecycle  # noqa: E402
 from envkit.locking import is_locked  # noqa: E402
+from envkit.plan import Plan  # noqa: E402
 from envkit.providers.local import spares  # noqa: E402
 from envkit.providers.local.leftovers import inventory  # noqa: E402
 from envkit.settings import Settings  # noqa: E402
@@ -177,7 +178,7 @@ def main() -> int:
         ids = [f"bench-reap-{i}" for i in range(args.reap)]
 
         def make(pipeline_id: str) -> None:
-            ctx = lifecycle.Context.build(pipeline_id, settings)
+            ctx = Plan.build(pipeline_id, settings, seed=False)
             lifecycle.up(ctx, ttl=timedelta(seconds=1))
 
         with ThreadPoolExecutor(2) as pool:
@@ -202,7 +203,7 @@ def main() -> int:
     finally:
         for record in lifecycle.list_environments(settings):
             try:
-                lifecycle.down(lifecycle.Context.build(record.pipeline_id, settings))
+                lifecycle.down(Plan.build(record.pipeline_id, settings))
             except Exception as exc:  # keep cleaning up the rest
                 print(f"cleanup of {record.pipeline_id} failed: {exc}", file=sys.stderr)
         envkit("reap", env=env)

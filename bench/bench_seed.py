@@ -87,11 +87,13 @@ def bench_faker_per_row(n: int = 3000) -> float:
 FRESH = """
 import sys, time
 t0 = time.perf_counter()
-from envkit import lifecycle, datasets
+from envkit import lifecycle
+from envkit.plan import Plan
+from envkit.seeding import datasets
 from envkit.seeding.loading import load_dataset
 from envkit.settings import Settings
 s = Settings.resolve({})
-r = lifecycle.up(lifecycle.Context.build(sys.argv[1], s))
+r = lifecycle.up(Plan.build(sys.argv[1], s, seed=False))
 ds = datasets.load(s, "default")
 stats = load_dataset(r.outputs["DATABASE_URL"], ds, float(sys.argv[2]))
 stats["wall_s"] = time.perf_counter() - t0
@@ -171,13 +173,14 @@ def bench_masked_copy(env: dict[str, str], rows: int, repeat: int = 3) -> dict[s
     import psycopg
 
     from envkit import lifecycle
+    from envkit.plan import Plan
     from envkit.seeding import subsetting
     from envkit.seeding.masking import luhn_check_digit
     from envkit.settings import Settings
 
     settings = Settings.resolve({"home": env["ENVKIT_HOME"]})
-    src = lifecycle.up(lifecycle.Context.build("bench-src", settings)).outputs["DATABASE_URL"]
-    dst = lifecycle.up(lifecycle.Context.build("bench-dst", settings)).outputs["DATABASE_URL"]
+    src = lifecycle.up(Plan.build("bench-src", settings, seed=False)).outputs["DATABASE_URL"]
+    dst = lifecycle.up(Plan.build("bench-dst", settings, seed=False)).outputs["DATABASE_URL"]
     stream = subsetting._stream
     try:
         with psycopg.connect(src) as conn:
@@ -219,7 +222,7 @@ def bench_masked_copy(env: dict[str, str], rows: int, repeat: int = 3) -> dict[s
     finally:
         subsetting._stream = stream
         for pid in ("bench-src", "bench-dst"):
-            lifecycle.down(lifecycle.Context.build(pid, settings))
+            lifecycle.down(Plan.build(pid, settings))
     best = sorted(runs, key=lambda s: s["rows_per_s"])[len(runs) // 2]
     all_cpu = best["copy_cpu_seconds"] + best["servers_copy_cpu_s"]
     return {

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from envkit import lifecycle
 from envkit.durations import parse_duration
 from envkit.errors import ConfigError
+from envkit.plan import Plan
 from envkit.providers import get_provider
 from envkit.settings import PROVIDERS, Settings
 from envkit.state import Record, Status
@@ -54,7 +55,7 @@ class Environment:
     log them; ``repr`` of the handle shows none.
     """
 
-    def __init__(self, ctx: lifecycle.Context, record: Record) -> None:
+    def __init__(self, ctx: Plan, record: Record) -> None:
         self._ctx = ctx
         self._record = record
         self._down = False
@@ -135,13 +136,12 @@ class Environment:
 class EnvironmentContext:
     """What :func:`environment` returns: up on ``__enter__``, down or preserve on ``__exit__``."""
 
-    def __init__(
-        self, ctx: lifecycle.Context, *, ttl: timedelta | None, on_failure: OnFailure
-    ) -> None:
+    def __init__(self, ctx: Plan, *, ttl: timedelta | None, on_failure: OnFailure) -> None:
         self._ctx = ctx
         self._ttl = ttl
         self._on_failure = on_failure
         self._env: Environment | None = None
+        self._created = False
 
     @property
     def pipeline_id(self) -> str:
@@ -151,12 +151,14 @@ class EnvironmentContext:
     def __enter__(self) -> Environment:
         # lifecycle.up destroys what it created when provisioning, health or seeding fails (even
         # on KeyboardInterrupt) and re-raises, so a failed enter leaves only the failed record.
-        record = lifecycle.up(self._ctx, ttl=self._ttl, dataset=self._ctx.settings.dataset)
+        outcome = lifecycle.ensure(self._ctx, ttl=self._ttl)
+        self._created = outcome.created
         try:
-            self._env = Environment(self._ctx, record)
+            self._env = Environment(self._ctx, outcome.record)
         except BaseException:
             # Nothing should fail here, but if it does nobody would ever call __exit__.
-            lifecycle.down(self._ctx)
+            if outcome.created:
+                lifecycle.down(self._ctx)
             raise
         return self._env
 
@@ -169,6 +171,10 @@ class EnvironmentContext:
         env = self._env
         if env is None or env.closed:
             return  # the block already called env.down(...): respect what it chose
+        if not self._created:
+            # It was up before the block (a CI step's, or another process's): not ours to end.
+            log.info("environment %s was attached, not created: left as it is", env.pipeline_id)
+            return
         if exc_type is None:
             env.down()  # a teardown failure here is the caller's error to see
             return
@@ -222,22 +228,25 @@ def environment(
     ttl: timedelta | str | None = None,
     on_failure: OnFailure = "preserve",
     settings: Settings | None = None,
+    seed: bool = True,
 ) -> EnvironmentContext:
     """An environment for the ``with`` block: brought up (healthy, seeded with ``dataset``) on
     enter, destroyed on exit — or, when the block raised and ``on_failure`` is ``"preserve"``,
     kept for debugging until the ``preserve_ttl`` setting runs out.
 
-    ``pipeline_id`` defaults to the one detected from CI variables; ``provider``, ``dataset`` and
-    ``ttl`` override the settings (``ENVKIT_*`` variables, ``[tool.envkit]``). An environment
-    that is already up under that ID is reused, and destroyed on exit like a new one.
+    ``pipeline_id`` defaults to ``ENVKIT_PIPELINE_ID`` or the one detected from CI variables;
+    ``provider``, ``dataset`` and ``ttl`` override the settings (``ENVKIT_*`` variables,
+    ``[tool.envkit]``). Seeded as ``envkit up`` seeds (see :mod:`envkit.plan`); ``seed=False``
+    loads nothing. An environment that is already up under that ID is attached to, and left
+    as it is on exit: only one this block created is destroyed or preserved.
     """
     if on_failure not in _ON_FAILURE:
         raise ConfigError(
             f"on_failure={on_failure!r} is not valid.", hint="Use 'preserve' or 'destroy'."
         )
     resolved = _settings(settings, provider, dataset)
-    ctx = lifecycle.Context.build(pipeline_id, resolved)
-    return EnvironmentContext(ctx, ttl=_duration(ttl, "TTL"), on_failure=on_failure)
+    plan = Plan.build(pipeline_id, resolved, seed=seed)
+    return EnvironmentContext(plan, ttl=_duration(ttl, "TTL"), on_failure=on_failure)
 
 
 def attach(pipeline_id: str | None = None, *, settings: Settings | None = None) -> Environment:
@@ -245,7 +254,7 @@ def attach(pipeline_id: str | None = None, *, settings: Settings | None = None) 
     step). Raises ``ConfigError`` when it is absent, failed, or its processes are gone.
     Nothing is destroyed when the handle is dropped; call :meth:`Environment.down` for that."""
     resolved = settings if settings is not None else Settings.resolve()
-    ctx = lifecycle.Context.build(pipeline_id, resolved)
+    ctx = Plan.build(pipeline_id, resolved)
     record = lifecycle.status(ctx)
     if record is None or record.status not in _USABLE:
         shown = "absent" if record is None else str(record.status)
@@ -255,11 +264,13 @@ def attach(pipeline_id: str | None = None, *, settings: Settings | None = None) 
             hint=f"Bring it up first ('envkit up {ctx.pipeline_id}'), or use "
             "envkit.environment() to create one for the block.",
         )
-    if not get_provider(record.provider, resolved).alive(record):
+    missing = get_provider(record.provider, resolved).gone(record)
+    if missing:
         raise ConfigError(
-            f"Environment {ctx.pipeline_id!r} is recorded {record.status} but its processes "
-            "are gone.",
-            hint=f"Run 'envkit up {ctx.pipeline_id}' to repair it.",
+            f"Environment {ctx.pipeline_id!r} is recorded {record.status} but is not running: "
+            f"{'; '.join(missing)}.",
+            hint=f"Run 'envkit up {ctx.pipeline_id}' to start it again (on its data when it "
+            "can).",
         )
     return Environment(ctx, record)
 

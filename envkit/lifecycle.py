@@ -10,17 +10,22 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING
 
 from envkit.commands import RESOURCE as RUN_RESOURCE
 from envkit.commands import stop_orphaned_command
-from envkit.errors import ConfigError, EnvkitError, PrerequisiteError, ProvisionError
-from envkit.naming import iso_utc, resolve_pipeline_id
+from envkit.errors import (
+    ConfigError,
+    EnvkitError,
+    PrerequisiteError,
+    ProvisionError,
+)
+from envkit.naming import iso_utc
 from envkit.outputs import complete
+from envkit.plan import Plan
 from envkit.providers import Provider, ProvisionRequest, get_provider
 from envkit.redact import scrub, secret_values
 from envkit.settings import Settings
@@ -34,7 +39,6 @@ from envkit.state import (
 
 if TYPE_CHECKING:
     from envkit.health import HealthReport, Probe
-    from envkit.spec import EnvSpec
 
 log = logging.getLogger(__name__)
 
@@ -46,80 +50,74 @@ def _quiet(step: str) -> None:
 
 
 @dataclass(frozen=True)
-class Context:
-    """Resolved settings, pipeline ID and state store of one operation."""
+class Outcome:
+    """What :func:`ensure` did: the environment's record, and whether this call created it
+    (``False`` when it was already up, or up but repaired: it is someone else's to destroy)."""
 
-    settings: Settings
-    pipeline_id: str
-    store: StateStore
-
-    @classmethod
-    def build(
-        cls, pipeline_id: str | None, settings: Settings, env: Mapping[str, str] | None = None
-    ) -> Context:
-        resolved = resolve_pipeline_id(pipeline_id, os.environ if env is None else env)
-        return cls(settings, resolved, StateStore(settings.home))
-
-    @cached_property
-    def spec(self) -> EnvSpec | None:
-        """The environment spec (envkit.toml / [tool.envkit]), loaded on first use: ``down``
-        and ``status`` never read it, so a broken spec cannot block them."""
-        from envkit.spec import load_spec
-
-        return load_spec(self.settings)
+    record: Record
+    created: bool
 
 
 def up(
-    ctx: Context,
+    plan: Plan,
     *,
     ttl: timedelta | None = None,
-    dataset: str | None = None,
     progress: Progress = _quiet,
     keep_on_failure: bool = False,
-    seed: bool = True,
+    recreate: bool = False,
 ) -> Record:
-    """Bring the environment to ``ready`` and return its record (with secret outputs).
+    """Bring the environment to ``ready`` and return its record (with secret outputs)."""
+    return ensure(
+        plan, ttl=ttl, progress=progress, keep_on_failure=keep_on_failure, recreate=recreate
+    ).record
 
-    ``dataset`` defaults to the spec's; ``seed=False`` loads none at all (``--no-seed``).
+
+def ensure(
+    plan: Plan,
+    *,
+    ttl: timedelta | None = None,
+    progress: Progress = _quiet,
+    keep_on_failure: bool = False,
+    recreate: bool = False,
+) -> Outcome:
+    """:func:`up`, saying whether this call created the environment.
+
+    An environment that is up is returned as it is (its TTL renewed when ``ttl`` is given).
+    One whose processes are gone is started again on its own data when the provider can;
+    otherwise a ready one is recreated, and a preserved one — kept for its data — is refused
+    unless ``recreate``. A failed or half-done one is repaired (destroyed, then created).
     """
-    store, pipeline_id = ctx.store, ctx.pipeline_id
+    store, pipeline_id = plan.store, plan.pipeline_id
     # Every check of input and prerequisites comes before the first lock, record or directory
     # of the pipeline: exit 2 promises that nothing was created.
-    provider = get_provider(ctx.settings.provider, ctx.settings)
-    lifetime = ttl or ctx.settings.ttl
+    provider = get_provider(plan.settings.provider, plan.settings)
+    lifetime = ttl or plan.settings.ttl
     store.prepare(need_space=True)  # ENVKIT_HOME: a writable directory with room (exit 2)
     provider.preflight()  # a missing prerequisite is exit 2 with nothing created
-    spec = ctx.spec  # so is a bad spec
+    spec = plan.spec  # so is a bad spec
     if spec is not None:
         provider.check_spec(spec)
-        if dataset is None:
-            dataset = spec.dataset
-    if not seed:
-        dataset = None
+    dataset = plan.dataset
     if dataset is not None:  # an unknown dataset is exit 2 with nothing created
         from envkit.seeding.datasets import load as load_dataset_definition
 
-        load_dataset_definition(ctx.settings, dataset)
-    with store.locked(pipeline_id, ctx.settings.lock_timeout) as lock:
+        load_dataset_definition(plan.settings, dataset)
+    with store.locked(pipeline_id, plan.settings.lock_timeout) as lock:
         record = store.load(pipeline_id)
-        if record is not None and record.status in (Status.READY, Status.PRESERVED):
+        kept = record is not None and record.status in (Status.READY, Status.PRESERVED)
+        if record is not None and kept:
             if record.provider != provider.name:
                 raise ConfigError(
                     f"Pipeline {pipeline_id!r} is already up on the {record.provider} provider.",
                     hint=f"Run 'envkit down {pipeline_id}' first, or use --provider "
                     f"{record.provider}.",
                 )
-            if provider.alive(record):
+            if _running(plan, provider, record, recreate=recreate):
                 if ttl is not None:
                     record.expires_at = iso_utc(utcnow() + lifetime)
                     store.save(record)
                     store.event(pipeline_id, "extended", expires_at=record.expires_at)
-                return record
-            log.warning(
-                "environment %s is recorded %s but its processes are gone: recreating",
-                pipeline_id,
-                record.status,
-            )
+                return Outcome(record, created=False)
         if record is not None:
             if record.status in BUSY_STATUSES:
                 log.warning(
@@ -131,11 +129,36 @@ def up(
             store.event(pipeline_id, "repair", previous=str(record.status))
             _destroy(provider, pipeline_id, record)
         try:
-            return _provision(ctx, provider, lifetime, dataset, progress, keep_on_failure)
+            created = _provision(plan, provider, lifetime, dataset, progress, keep_on_failure)
         except (ConfigError, PrerequisiteError):
             if store.load(pipeline_id) is None:  # refused before creating anything
                 lock.release(unlink=True)  # no record, no lock file: as if never asked
             raise
+        return Outcome(created, created=not kept)
+
+
+def _running(plan: Plan, provider: Provider, record: Record, *, recreate: bool) -> bool:
+    """Whether a ready or preserved environment runs, after starting what stopped on its own
+    data if need be; ``False`` when it must be recreated (``ProvisionError`` when it is
+    preserved and ``recreate`` was not asked: its data is what the user kept)."""
+    missing = provider.gone(record)
+    if not missing:
+        return True
+    pipeline_id = record.pipeline_id
+    if provider.restart(record):
+        wait_for(provider, record, plan.settings.health_timeout, store=plan.store)
+        plan.store.event(pipeline_id, "restarted", gone=missing)
+        log.warning("environment %s started again on its data: %s", pipeline_id, missing)
+        return True
+    if record.status is Status.PRESERVED and not recreate:
+        raise ProvisionError(
+            f"Environment {pipeline_id!r} is preserved, but {'; '.join(missing)}, and it cannot "
+            "be started again on its data.",
+            hint=f"'envkit up {pipeline_id} --recreate' replaces it with a new, empty one (the "
+            f"kept data is lost); 'envkit down {pipeline_id}' removes it.",
+        )
+    log.warning("environment %s: %s; recreating it", pipeline_id, "; ".join(missing))
+    return False
 
 
 def _refused_before_creating(exc: BaseException, record: Record) -> bool:
@@ -149,7 +172,7 @@ def _refused_before_creating(exc: BaseException, record: Record) -> bool:
 
 
 def _provision(
-    ctx: Context,
+    ctx: Plan,
     provider: Provider,
     lifetime: timedelta,
     dataset: str | None,
@@ -259,7 +282,7 @@ def wait_for(
     return report
 
 
-def recheck(ctx: Context, timeout: float | None = None) -> HealthReport:
+def recheck(ctx: Plan, timeout: float | None = None) -> HealthReport:
     """Re-check an existing environment's health (``envkit wait``), without taking its lock
     (a long wait must not block ``down``); the result goes to the event log."""
     record = ctx.store.load(ctx.pipeline_id)
@@ -269,6 +292,9 @@ def recheck(ctx: Context, timeout: float | None = None) -> HealthReport:
             hint=f"Create it with 'envkit up {ctx.pipeline_id}'.",
         )
     provider = get_provider(record.provider, ctx.settings)
+    missing = provider.gone(record)
+    if missing:  # nothing to wait for: it will not come back by itself
+        raise _not_running(ctx, missing)
     return wait_for(
         provider,
         record,
@@ -277,7 +303,28 @@ def recheck(ctx: Context, timeout: float | None = None) -> HealthReport:
     )
 
 
-def seed_dataset(ctx: Context, record: Record, dataset: str) -> dict[str, float]:
+def _not_running(ctx: Plan, missing: list[str]) -> Exception:
+    """The failed health report of an environment whose processes are gone (``wait``)."""
+    from envkit.health import HealthCheckFailedError, HealthReport, ProbeResult
+
+    results = []
+    for item in missing:
+        component, _, problem = item.partition(": ")
+        results.append(
+            ProbeResult("running", component, attempts=1, error=problem or item, fatal=True)
+        )
+    report = HealthReport(results)
+    ctx.store.event(ctx.pipeline_id, "unhealthy", **report.as_dict())
+    headline = f"Environment {ctx.pipeline_id!r} is not running: {'; '.join(missing)}."
+    return HealthCheckFailedError(
+        headline,
+        report,
+        headline=headline,
+        hint=f"'envkit up {ctx.pipeline_id}' starts it again (on its data when it can).",
+    )
+
+
+def seed_dataset(ctx: Plan, record: Record, dataset: str) -> dict[str, float]:
     """The seeding hook: load ``dataset`` into the environment's database (a no-op but for the
     statistics when the provider copied it from the dataset's seeded template)."""
     from envkit.seeding import pipeline as seeding
@@ -287,7 +334,7 @@ def seed_dataset(ctx: Context, record: Record, dataset: str) -> dict[str, float]
     return stats
 
 
-def down(ctx: Context, *, preserve: bool = False, ttl: timedelta | None = None) -> Record | None:
+def down(ctx: Plan, *, preserve: bool = False, ttl: timedelta | None = None) -> Record | None:
     """Destroy the environment (``None`` afterwards), or with ``preserve`` keep it until its TTL."""
     store, pipeline_id = ctx.store, ctx.pipeline_id
     lock = store.lock(pipeline_id)
@@ -319,7 +366,7 @@ def down(ctx: Context, *, preserve: bool = False, ttl: timedelta | None = None) 
         lock.release()
 
 
-def extend(ctx: Context, ttl: timedelta) -> Record:
+def extend(ctx: Plan, ttl: timedelta) -> Record:
     """Give a ready or preserved environment a new ``expires_at`` of now + ``ttl``."""
     store, pipeline_id = ctx.store, ctx.pipeline_id
     with store.locked(pipeline_id, ctx.settings.lock_timeout):
@@ -342,7 +389,7 @@ def _destroy(provider: Provider, pipeline_id: str, record: Record | None) -> Non
     provider.destroy(pipeline_id, record)
 
 
-def note_run(ctx: Context, marker: str, owner: dict[str, int]) -> None:
+def note_run(ctx: Plan, marker: str, owner: dict[str, int]) -> None:
     """Record an ``envkit run`` whose command uses the environment (see envkit.commands); what
     earlier runs whose envkit died (a killed run, retried) left running is stopped first."""
     with ctx.store.locked(ctx.pipeline_id, ctx.settings.lock_timeout):
@@ -354,7 +401,7 @@ def note_run(ctx: Context, marker: str, owner: dict[str, int]) -> None:
         ctx.store.save(record)
 
 
-def forget_run(ctx: Context, marker: str) -> None:
+def forget_run(ctx: Plan, marker: str) -> None:
     """Drop a finished run's entry (its command has exited)."""
     with ctx.store.locked(ctx.pipeline_id, ctx.settings.lock_timeout):
         record = ctx.store.load(ctx.pipeline_id)
@@ -366,7 +413,7 @@ def forget_run(ctx: Context, marker: str) -> None:
         ctx.store.save(record)
 
 
-def status(ctx: Context) -> Record | None:
+def status(ctx: Plan) -> Record | None:
     """The record of the environment, or ``None`` when absent."""
     return ctx.store.load(ctx.pipeline_id)
 
@@ -374,6 +421,27 @@ def status(ctx: Context) -> Record | None:
 def list_environments(settings: Settings) -> list[Record]:
     """Every environment recorded under the settings' ENVKIT_HOME."""
     return StateStore(settings.home).all()
+
+
+def describe(settings: Settings, records: Sequence[Record]) -> list[dict[str, object]]:
+    """The status objects of ``records`` as they are now, not only as recorded: a ready or
+    preserved environment whose processes are gone says so (``alive``: false, what is gone in
+    ``error``), and a ready one is reported ``failed`` (a cheap check per environment)."""
+    providers: dict[str, Provider] = {}
+    described = []
+    for record in records:
+        data: dict[str, object] = record.public()
+        if record.status in (Status.READY, Status.PRESERVED):
+            if record.provider not in providers:
+                providers[record.provider] = get_provider(record.provider, settings)
+            missing = providers[record.provider].gone(record)
+            data["alive"] = not missing
+            if missing:
+                data["error"] = "not running: " + "; ".join(missing)
+                if record.status is Status.READY:
+                    data["status"] = str(Status.FAILED)
+        described.append(data)
+    return described
 
 
 def absent_status(pipeline_id: str) -> dict[str, object]:

@@ -85,15 +85,20 @@ def detect_pipeline_id(env: Mapping[str, str]) -> str | None:
 
 
 def resolve_pipeline_id(explicit: str | None, env: Mapping[str, str]) -> str:
-    """An explicit ID (validated) or the one detected from CI variables; ``ConfigError`` if none."""
+    """An explicit ID, else ``ENVKIT_PIPELINE_ID`` (both validated), else the one detected from
+    CI variables; ``ConfigError`` if none."""
     if explicit is not None:
         return validate_pipeline_id(explicit)
+    named = env.get("ENVKIT_PIPELINE_ID", "").strip()
+    if named:
+        return validate_pipeline_id(named)
     detected = detect_pipeline_id(env)
     if detected is None:
         systems = ", ".join(f"{system} ({' + '.join(names)})" for system, names in _CI_SOURCES)
         raise ConfigError(
             "No pipeline ID was given and none could be detected.",
-            hint=f"Pass one (e.g. 'envkit up pr-42') or run in CI; envkit reads {systems}.",
+            hint="Pass one (e.g. 'envkit up pr-42'), set ENVKIT_PIPELINE_ID, or run in CI; "
+            f"envkit reads {systems}.",
         )
     return detected
 

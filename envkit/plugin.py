@@ -260,16 +260,13 @@ def _attach_or_create(
 ) -> tuple[Environment, bool]:
     """(environment, whether this session created it and so must tear it down)."""
     from envkit import api, lifecycle
-    from envkit.errors import ConfigError
+    from envkit.plan import Plan
 
-    if attachable:
-        try:
-            return api.attach(pipeline_id, settings=settings), False
-        except ConfigError:
-            pass  # not up: create it, and so own it
-    ctx = lifecycle.Context.build(pipeline_id, settings)
-    record = lifecycle.up(ctx, dataset=settings.dataset)
-    return api.Environment(ctx, record), True
+    plan = Plan.build(pipeline_id, settings)
+    # One that is up (or was: lifecycle starts it again, or repairs it) is attached to and
+    # never ours to destroy, whatever happens to it during the session.
+    outcome = lifecycle.ensure(plan)
+    return api.Environment(plan, outcome.record), outcome.created or not attachable
 
 
 # -- the session environment -----------------------------------------------------------------
@@ -304,6 +301,7 @@ def _shared_environment(config: pytest.Config, settings: Settings, run: str) -> 
     """
     from envkit import api, lifecycle
     from envkit.locking import locked
+    from envkit.plan import Plan
 
     folder = settings.home / "pytest"
     marker = folder / f"xdist-{_safe(run)}.json"
@@ -316,7 +314,7 @@ def _shared_environment(config: pytest.Config, settings: Settings, run: str) -> 
         if decision is None:
             base = _base_id(config)
             pipeline_id = base or f"pytest-{_state(config).run_id}"
-            attached = base is not None and _is_up(settings, pipeline_id)
+            attached = base is not None and _is_kept(settings, pipeline_id)
             decision = {"pipeline_id": pipeline_id, "owned": not attached}
             _write_json(marker, decision)
     pipeline_id, owned = str(decision["pipeline_id"]), bool(decision["owned"])
@@ -329,21 +327,17 @@ def _shared_environment(config: pytest.Config, settings: Settings, run: str) -> 
             "owned": owned,
             "marker": str(marker),
         }
-    if not owned:
-        return api.attach(pipeline_id, settings=settings)
-    ctx = lifecycle.Context.build(pipeline_id, settings)
-    return api.Environment(ctx, lifecycle.up(ctx, dataset=settings.dataset))
+    plan = Plan.build(pipeline_id, settings)
+    return api.Environment(plan, lifecycle.up(plan))
 
 
-def _is_up(settings: Settings, pipeline_id: str) -> bool:
-    from envkit import api
-    from envkit.errors import ConfigError
+def _is_kept(settings: Settings, pipeline_id: str) -> bool:
+    """Whether an environment is recorded ready or preserved under this ID (running or not:
+    one whose server died is still the user's, started again by ``lifecycle.up``)."""
+    from envkit.state import StateStore, Status
 
-    try:
-        api.attach(pipeline_id, settings=settings)
-    except ConfigError:
-        return False
-    return True
+    record = StateStore(settings.home).load(pipeline_id)
+    return record is not None and record.status in (Status.READY, Status.PRESERVED)
 
 
 def _safe(text: str) -> str:
@@ -500,6 +494,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if not state.shared and not state.markers:
         return
     from envkit import api, lifecycle
+    from envkit.plan import Plan
     from envkit.settings import Settings
 
     failed = _failed(session)
@@ -511,11 +506,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if not owned:
             continue
         settings = Settings.resolve({"home": home})
-        ctx = lifecycle.Context.build(pipeline_id, settings)
-        record = lifecycle.status(ctx)
+        plan = Plan.build(pipeline_id, settings)
+        record = lifecycle.status(plan)
         if record is None:
             continue
-        _finish(session.config, api.Environment(ctx, record), failed=failed)
+        _finish(session.config, api.Environment(plan, record), failed=failed)
     state.shared.clear()
 
 

@@ -31,6 +31,7 @@ from types import FrameType
 from envkit import commands, lifecycle
 from envkit.errors import ConfigError, EnvkitError
 from envkit.outputs import visible
+from envkit.plan import Plan
 from envkit.state import Record, Status
 
 log = logging.getLogger(__name__)
@@ -102,12 +103,11 @@ class _Signals:
 
 
 def run(
-    ctx: lifecycle.Context,
+    ctx: Plan,
     command: Sequence[str],
     *,
     ttl: timedelta | None = None,
     preserve_ttl: timedelta | None = None,
-    dataset: str | None = None,
     on_success: OnSuccess = OnSuccess.destroy,
     on_failure: OnFailure = OnFailure.preserve,
     progress: lifecycle.Progress = lifecycle._quiet,
@@ -128,7 +128,7 @@ def run(
     signals = _Signals()
     with signals.installed():
         try:
-            record = lifecycle.up(ctx, ttl=ttl, dataset=dataset, progress=progress)
+            record = lifecycle.up(ctx, ttl=ttl, progress=progress)
         except _Interrupted as exc:
             # Provisioning cleans up after itself; but the signal may also have landed after
             # the environment became ready: then it is a failed run like any other.
@@ -153,7 +153,7 @@ def run(
         return _finish(ctx, code, interrupted, record, on_success, on_failure, preserve_ttl or ttl)
 
 
-def _track(ctx: lifecycle.Context) -> str | None:
+def _track(ctx: Plan) -> str | None:
     """Record this run in the pipeline's record, so that a ``down`` or ``reap`` after envkit was
     killed stops what the command left running (envkit.commands); the command's marker, or None
     when nothing could be recorded."""
@@ -164,7 +164,7 @@ def _track(ctx: lifecycle.Context) -> str | None:
     return marker if _best_effort(ctx, lambda: lifecycle.note_run(ctx, marker, owner)) else None
 
 
-def _best_effort(ctx: lifecycle.Context, update: Callable[[], None]) -> bool:
+def _best_effort(ctx: Plan, update: Callable[[], None]) -> bool:
     """Run a record update for the run's bookkeeping; a failure costs that cleanup, never the
     run (its command, its exit code, the policy)."""
     try:
@@ -176,7 +176,7 @@ def _best_effort(ctx: lifecycle.Context, update: Callable[[], None]) -> bool:
 
 
 def _finish(
-    ctx: lifecycle.Context,
+    ctx: Plan,
     code: int,
     interrupted: bool,
     record: Record,

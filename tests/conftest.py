@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from envkit.plan import Plan
 from envkit.settings import Settings
 
 CI_VARIABLES = (
@@ -30,7 +31,7 @@ def tear_down_home(home: Path) -> None:
     settings = Settings.resolve({"home": home})
     for record in lifecycle.list_environments(settings):
         with contextlib.suppress(Exception):  # keep going: the sweep below catches the rest
-            lifecycle.down(lifecycle.Context.build(record.pipeline_id, settings))
+            lifecycle.down(Plan.build(record.pipeline_id, settings))
     envs_root = str(Layout.for_settings(settings).envs_root) + os.sep
     kill_processes_under(envs_root)
     shutil.rmtree(envs_root, ignore_errors=True)

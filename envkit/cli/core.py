@@ -14,6 +14,7 @@ from envkit.cli import app
 from envkit.cli.render import console, print_json, progress, settings
 from envkit.durations import parse_duration
 from envkit.outputs import render_env, render_json, visible
+from envkit.plan import Plan
 from envkit.state import Record
 
 
@@ -41,7 +42,8 @@ ProviderOpt = Annotated[
     str | None, typer.Option("--provider", help="local (default) or aws.", show_default=False)
 ]
 DatasetOpt = Annotated[
-    str | None, typer.Option(help="Dataset to load (seeds/).", show_default="default")
+    str | None,
+    typer.Option(help="Dataset to load (seeds/).", show_default="the spec's, else 'default'"),
 ]
 ScaleOpt = Annotated[
     float | None, typer.Option(help="Multiply the dataset's row counts.", show_default="1")
@@ -71,6 +73,14 @@ def up(
     dataset: DatasetOpt = None,
     scale: ScaleOpt = None,
     no_seed: Annotated[bool, typer.Option("--no-seed", help="Load no dataset.")] = False,
+    recreate: Annotated[
+        bool,
+        typer.Option(
+            "--recreate",
+            help="Replace a preserved environment whose server is gone and cannot be started "
+            "again (its kept data is lost).",
+        ),
+    ] = False,
     ttl: Annotated[
         str | None, typer.Option(help="Time to live, e.g. 90s, 30m, 4h, 2d.", show_default="4h")
     ] = None,
@@ -82,17 +92,15 @@ def up(
 ) -> None:
     """Create the environment of a pipeline (or return it when it is already up)."""
     lifetime = _ttl(ttl)
-    ctx = lifecycle.Context.build(
-        pipeline_id, settings(provider=provider, dataset=dataset, seed_scale=scale)
+    plan = Plan.build(
+        pipeline_id,
+        settings(provider=provider, dataset=dataset, seed_scale=scale),
+        seed=not no_seed,
     )
-    from envkit.seeding.datasets import DEFAULT_DATASET
-
-    spec_dataset = ctx.spec.dataset if ctx.spec is not None else None
-    chosen = None if no_seed else (ctx.settings.dataset or spec_dataset or DEFAULT_DATASET)
     with progress(
-        f"Bringing up {ctx.pipeline_id}", enabled=output_format is OutputFormat.text
+        f"Bringing up {plan.pipeline_id}", enabled=output_format is OutputFormat.text
     ) as step:
-        record = lifecycle.up(ctx, ttl=lifetime, dataset=chosen, progress=step, seed=not no_seed)
+        record = lifecycle.up(plan, ttl=lifetime, progress=step, recreate=recreate)
     if env_file is not None:
         write_env_file(record.outputs, env_file)
     show_record(record, output_format, show_secrets)
@@ -149,7 +157,7 @@ def down(
     lifetime = _ttl(ttl)
     if lifetime is not None and not preserve:
         raise typer.BadParameter("--ttl only applies with --preserve.", param_hint="--ttl")
-    ctx = lifecycle.Context.build(pipeline_id, settings())
+    ctx = Plan.build(pipeline_id, settings())
     with progress(f"Tearing down {ctx.pipeline_id}", enabled=not preserve):
         record = lifecycle.down(ctx, preserve=preserve, ttl=lifetime)
     if record is None:
@@ -166,10 +174,14 @@ def status(
     pipeline_id: PipelineArg = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show the state of a pipeline's environment."""
-    ctx = lifecycle.Context.build(pipeline_id, settings())
+    """Show the state of a pipeline's environment (checking that its processes run)."""
+    ctx = Plan.build(pipeline_id, settings())
     record = lifecycle.status(ctx)
-    data = record.public() if record else lifecycle.absent_status(ctx.pipeline_id)
+    data = (
+        lifecycle.describe(ctx.settings, [record])[0]
+        if record
+        else lifecycle.absent_status(ctx.pipeline_id)
+    )
     if as_json:
         print_json(data)
         return
@@ -183,24 +195,27 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List every environment known under ENVKIT_HOME."""
-    records = lifecycle.list_environments(settings())
+    resolved = settings()
+    described = lifecycle.describe(resolved, lifecycle.list_environments(resolved))
     if as_json:
-        print_json([r.public() for r in records])
+        print_json(described)
         return
-    if not records:
+    if not described:
         console().print("No environments.")
         return
     from rich.table import Table
 
     table = Table("pipeline", "provider", "status", "created", "expires", "owner")
-    for r in records:
-        table.add_row(r.pipeline_id, r.provider, str(r.status), r.created_at, r.expires_at, r.owner)
+    for r in described:
+        shown = str(r["status"]) + ("" if r.get("alive", True) else " (not running)")
+        table.add_row(*(str(r[k]) for k in ("pipeline_id", "provider")), shown,
+                      *(str(r[k]) for k in ("created_at", "expires_at", "owner")))
     console().print(table)
 
 
 @app.command()
 def outputs(
-    pipeline_id: Annotated[str, typer.Argument(help="Pipeline ID.")],
+    pipeline_id: PipelineArg = None,
     output_format: Annotated[OutputsFormat, typer.Option("--format")] = OutputsFormat.env,
     show_secrets: ShowSecretsOpt = False,
     env_file: EnvFileOpt = None,
@@ -208,7 +223,7 @@ def outputs(
     """Print the outputs (connection details) of an environment."""
     from envkit.errors import ConfigError
 
-    ctx = lifecycle.Context.build(pipeline_id, settings())
+    ctx = Plan.build(pipeline_id, settings())
     record = lifecycle.status(ctx)
     if record is None or not record.outputs:
         raise ConfigError(

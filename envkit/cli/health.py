@@ -8,7 +8,9 @@ import typer
 
 from envkit import lifecycle
 from envkit.cli import app
+from envkit.cli.core import PipelineArg
 from envkit.cli.render import console, error_console, print_json, settings
+from envkit.plan import Plan
 
 if TYPE_CHECKING:
     from envkit.health import HealthCheckFailedError, HealthReport
@@ -43,7 +45,7 @@ def show_failure(exc: HealthCheckFailedError) -> None:
 
 @app.command()
 def wait(
-    pipeline_id: Annotated[str, typer.Argument(help="Pipeline ID.")],
+    pipeline_id: PipelineArg = None,
     timeout: Annotated[
         str | None,
         typer.Option(
@@ -57,7 +59,7 @@ def wait(
     """Re-check that every component of an existing environment is healthy (exit 1 if not)."""
     from envkit.health import HealthCheckFailedError
 
-    ctx = lifecycle.Context.build(pipeline_id, settings(health_timeout=timeout))
+    ctx = Plan.build(pipeline_id, settings(health_timeout=timeout))
     try:
         report = lifecycle.recheck(ctx)
     except HealthCheckFailedError as exc:

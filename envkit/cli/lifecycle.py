@@ -15,6 +15,7 @@ from envkit.cli import app
 from envkit.cli.core import PipelineArg, ProviderOpt, ShowSecretsOpt
 from envkit.cli.render import console, error_console, print_json, settings
 from envkit.durations import parse_duration
+from envkit.plan import Plan
 from envkit.runner import OnFailure, OnSuccess, debug_instructions
 from envkit.state import StateStore
 
@@ -77,7 +78,7 @@ def run(
         raise typer.BadParameter("give the command after '--', e.g. envkit run pr-1 -- pytest")
     lifetime = parse_duration(ttl, what="TTL") if ttl is not None else None
     keep_for = parse_duration(preserve_ttl, what="TTL") if preserve_ttl is not None else None
-    run_ctx = lifecycle.Context.build(pipeline_id, settings(provider=provider, dataset=dataset))
+    run_ctx = Plan.build(pipeline_id, settings(provider=provider, dataset=dataset))
     err = error_console()
     err.print(f"envkit: bringing up {run_ctx.pipeline_id}…")
     result = runner.run(
@@ -85,7 +86,6 @@ def run(
         command,
         ttl=lifetime,
         preserve_ttl=keep_for,
-        dataset=run_ctx.settings.dataset,
         on_success=on_success,
         on_failure=on_failure,
         on_ready=lambda r: err.print(
@@ -103,12 +103,12 @@ def run(
 
 @app.command()
 def extend(
-    pipeline_id: Annotated[str, typer.Argument(help="Pipeline ID.")],
     ttl: Annotated[str, typer.Option(help="New time to live from now, e.g. 4h, 2d.")],
+    pipeline_id: PipelineArg = None,
 ) -> None:
     """Give a ready or preserved environment a new expiry: now + TTL."""
     lifetime = parse_duration(ttl, what="TTL")
-    record = lifecycle.extend(lifecycle.Context.build(pipeline_id, settings()), lifetime)
+    record = lifecycle.extend(Plan.build(pipeline_id, settings()), lifetime)
     console().print(
         f"[green]✔[/] Environment [bold]{record.pipeline_id}[/] now expires {record.expires_at}."
     )

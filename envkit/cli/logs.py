@@ -7,16 +7,26 @@ from typing import Annotated
 import typer
 
 from envkit.cli import app
+from envkit.cli.core import PipelineArg
 from envkit.cli.render import settings
 
 
 @app.command()
 def logs(
-    pipeline_id: Annotated[str, typer.Argument(help="Pipeline ID.")],
+    pipeline_id: PipelineArg = None,
+    component: Annotated[
+        str | None,
+        typer.Argument(
+            help="'postgres' or a service of the spec; all of them when omitted.",
+            show_default=False,
+        ),
+    ] = None,
     service: Annotated[
         str | None,
-        typer.Argument(help="A service of the spec, or 'postgres'; all of them when omitted.",
-                       show_default=False),
+        typer.Option(
+            "--service", "-s", help="Same as COMPONENT (use it when the ID is detected).",
+            show_default=False,
+        ),
     ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing lines as they are written.")
@@ -32,14 +42,22 @@ def logs(
         ),
     ] = 50,
 ) -> None:
-    """Show the logs of a local environment's services (and 'postgres', its database)."""
-    from envkit.lifecycle import Context
-    from envkit.providers.local.logs import follow as follow_logs
-    from envkit.providers.local.logs import pick_logs, tail_lines
-    from envkit.providers.local.provider import Layout
+    """Show the logs of an environment's database ('postgres') and services."""
+    from envkit import lifecycle
+    from envkit.errors import ConfigError
+    from envkit.logtail import follow as follow_logs
+    from envkit.logtail import tail_lines
+    from envkit.plan import Plan
+    from envkit.providers import get_provider
 
-    ctx = Context.build(pipeline_id, settings())
-    files = pick_logs(Layout.for_settings(ctx.settings).logs(ctx.pipeline_id), service)
+    plan = Plan.build(pipeline_id, settings())
+    record = lifecycle.status(plan)
+    if record is None:
+        raise ConfigError(
+            f"Pipeline {plan.pipeline_id!r} has no environment (ENVKIT_HOME={plan.settings.home}).",
+            hint="Check the ID with 'envkit list'.",
+        )
+    files = get_provider(record.provider, plan.settings).logs(record, service or component)
     prefix = len(files) > 1
     for name, path in files.items():
         if prefix:

@@ -8,13 +8,13 @@ from typing import Annotated
 import typer
 
 from envkit.cli import app
-from envkit.cli.core import DatasetOpt, ScaleOpt
+from envkit.cli.core import DatasetOpt, PipelineArg, ScaleOpt
 from envkit.cli.render import console, print_json, progress, settings
 
 
 @app.command()
 def seed(
-    pipeline_id: Annotated[str, typer.Argument(help="Pipeline ID of a ready environment.")],
+    pipeline_id: PipelineArg = None,
     dataset: DatasetOpt = None,
     scale: ScaleOpt = None,
     source: Annotated[
@@ -32,10 +32,10 @@ def seed(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Load a dataset (or a masked subset of a real database) into an existing environment."""
-    from envkit import lifecycle
+    from envkit.plan import Plan
     from envkit.seeding import pipeline as seeding
 
-    ctx = lifecycle.Context.build(pipeline_id, settings(dataset=dataset, seed_scale=scale))
+    ctx = Plan.build(pipeline_id, settings(dataset=dataset, seed_scale=scale))
     with progress(f"Seeding {ctx.pipeline_id}", enabled=not as_json):
         summary = seeding.seed_pipeline(ctx, dataset=dataset, source=source, rules=rules)
     if as_json:

@@ -23,7 +23,7 @@ from envkit.settings import Settings
 from envkit.state import Record, Status
 
 if TYPE_CHECKING:
-    from envkit.lifecycle import Context
+    from envkit.plan import Plan
     from envkit.providers import ProvisionRequest
     from envkit.providers.local.pgserver import PgServer
     from envkit.providers.local.templates import TemplateCache
@@ -133,7 +133,7 @@ def _is_count(stat: str) -> bool:
 
 
 def seed_pipeline(
-    ctx: Context,
+    ctx: Plan,
     *,
     dataset: str | None = None,
     source: str | None = None,

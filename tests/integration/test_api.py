@@ -9,6 +9,7 @@ import pytest
 import envkit
 from envkit import lifecycle
 from envkit.errors import ConfigError, PrerequisiteError
+from envkit.plan import Plan
 from envkit.settings import Settings
 from envkit.state import Status
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def status(settings: Settings, pipeline_id: str) -> Status:
-    record = lifecycle.status(lifecycle.Context.build(pipeline_id, settings))
+    record = lifecycle.status(Plan.build(pipeline_id, settings))
     return Status.ABSENT if record is None else record.status
 
 
@@ -63,7 +64,7 @@ def test_a_failed_enter_leaves_nothing_running(settings: Settings, tmp_path: Pat
 def test_attach_to_an_environment_that_is_up(settings: Settings) -> None:
     with pytest.raises(ConfigError, match="envkit up api-attach"):
         envkit.attach("api-attach", settings=settings)
-    record = lifecycle.up(lifecycle.Context.build("api-attach", settings))
+    record = lifecycle.up(Plan.build("api-attach", settings))
     env = envkit.attach("api-attach", settings=settings)
     assert env.outputs == record.outputs
     assert isinstance(env, envkit.Environment)

@@ -230,8 +230,8 @@ def test_provider_alive_and_probes_use_boto3_against_the_same_server(
         "pr-7", "aws", Status.READY, "2030-01-01T00:00:00Z", "2030-01-01T04:00:00Z", "t"
     )
     record.outputs = {"DATABASE_USER": "envkit", "DATABASE_PASSWORD": "secret-password-1"}
-    assert provider.alive(record)
+    assert provider.gone(record) == []
     report = wait_until_healthy(provider.probes(record), timeout=30)
     assert {r.name for r in report.results} == {"aws-rds", "aws-ecs"}
     cloudsweep.sweep(region=REGION, dry_run=False, now=NOW, pipeline_id="pr-7")
-    assert not provider.alive(record)
+    assert provider.gone(record)

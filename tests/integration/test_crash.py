@@ -28,6 +28,7 @@ import pytest
 from conftest import kill_processes_under
 
 from envkit import lifecycle
+from envkit.plan import Plan
 from envkit.processes import process_alive
 from envkit.providers.local.leftovers import inventory
 from envkit.providers.local.provider import Layout
@@ -155,7 +156,7 @@ def test_sigkill_during_up_leaves_nothing_reap_or_down_cannot_clean(
             report = reap(settings)
             assert report.errors == [], report.errors
         else:
-            lifecycle.down(lifecycle.Context.build(pipeline_id, settings))
+            lifecycle.down(Plan.build(pipeline_id, settings))
         left = leftovers(settings)
         after = StateStore(settings.home).load(pipeline_id)
         assert left == {}, (
@@ -170,7 +171,7 @@ def test_sigkill_during_up_leaves_nothing_reap_or_down_cannot_clean(
     assert phases["copy-or-start"] + phases["configure"] >= 5  # and some mid-copy/mid-start
 
     # Afterwards a normal up works, and down leaves nothing.
-    ctx = lifecycle.Context.build("crash-a", settings)
+    ctx = Plan.build("crash-a", settings)
     record = lifecycle.up(ctx)
     import psycopg
 
@@ -201,7 +202,7 @@ def test_sigkill_during_down_run_and_reap_leaves_nothing_they_cannot_clean(
     rng = random.Random(SEED + 1)
 
     def up_one(pipeline_id: str) -> Record:
-        return lifecycle.up(lifecycle.Context.build(pipeline_id, settings))
+        return lifecycle.up(Plan.build(pipeline_id, settings))
     # Timings of each command, uninterrupted (the first up also builds the template).
     up_one("crash-d")
     t_down = _timed("down", "crash-d")
@@ -268,7 +269,7 @@ def test_sigkill_during_down_run_and_reap_leaves_nothing_they_cannot_clean(
                 assert report.errors == [], report.errors
                 for pid in ids:  # a ready environment the kill came too late for: down cleans it
                     if StateStore(settings.home).load(pid) is not None:
-                        lifecycle.down(lifecycle.Context.build(pid, settings))
+                        lifecycle.down(Plan.build(pid, settings))
             else:
                 for pid in ids:
                     assert envkit("down", pid).returncode == 0
@@ -291,7 +292,7 @@ def test_sigkill_during_down_run_and_reap_leaves_nothing_they_cannot_clean(
 
     record = up_one("crash-a")
     assert record.status is Status.READY
-    lifecycle.down(lifecycle.Context.build("crash-a", settings))
+    lifecycle.down(Plan.build("crash-a", settings))
     assert leftovers_of(settings, ["crash-a"]) == {}
 
 

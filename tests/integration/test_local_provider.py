@@ -12,6 +12,7 @@ import pytest
 
 from envkit import lifecycle
 from envkit.errors import PrerequisiteError
+from envkit.plan import Plan
 from envkit.providers.local.pgserver import postmaster_pid
 from envkit.providers.local.provider import Layout, LocalProvider
 from envkit.settings import Settings
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def up(settings: Settings, pipeline_id: str) -> lifecycle.Record:
-    return lifecycle.up(lifecycle.Context.build(pipeline_id, settings))
+    return lifecycle.up(Plan.build(pipeline_id, settings))
 
 
 def test_up_gives_a_working_database_and_down_removes_everything(settings: Settings) -> None:
@@ -42,9 +43,9 @@ def test_up_gives_a_working_database_and_down_removes_everything(settings: Setti
         if line.startswith("host"):
             assert line.endswith("scram-sha-256")
 
-    assert lifecycle.up(lifecycle.Context.build("it-one", settings)).outputs == record.outputs
+    assert lifecycle.up(Plan.build("it-one", settings)).outputs == record.outputs
 
-    assert lifecycle.down(lifecycle.Context.build("it-one", settings)) is None
+    assert lifecycle.down(Plan.build("it-one", settings)) is None
     assert not layout.env_dir("it-one").exists()
     assert not layout.socket_dir("it-one").exists()
     assert layout.addresses.held_by(layout.owner_key("it-one")) == []
@@ -52,7 +53,7 @@ def test_up_gives_a_working_database_and_down_removes_everything(settings: Setti
     assert not (settings.home / "locks" / "it-one.lock").exists()
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(url, connect_timeout=2)
-    assert lifecycle.down(lifecycle.Context.build("it-one", settings)) is None  # idempotent
+    assert lifecycle.down(Plan.build("it-one", settings)) is None  # idempotent
 
 
 def test_two_pipelines_are_isolated(settings: Settings) -> None:
@@ -69,8 +70,10 @@ def test_two_pipelines_are_isolated(settings: Settings) -> None:
         psycopg.connect(wrong_password, connect_timeout=2)
 
 
-def test_up_repairs_an_environment_whose_server_died(settings: Settings) -> None:
+def test_up_starts_a_server_that_died_again_on_its_own_data(settings: Settings) -> None:
     first = up(settings, "heal")
+    with psycopg.connect(first.outputs["DATABASE_URL"], autocommit=True) as conn:
+        conn.execute("create table kept (n int); insert into kept values (42)")
     pgdata = Layout.for_settings(settings).pgdata("heal")
     pid = postmaster_pid(pgdata)
     assert pid is not None
@@ -79,6 +82,25 @@ def test_up_repairs_an_environment_whose_server_died(settings: Settings) -> None
 
     wait_gone(pid, 5)
     second = up(settings, "heal")
+    assert second.status is Status.READY
+    assert second.outputs == first.outputs  # the same server, address and credentials
+    with psycopg.connect(second.outputs["DATABASE_URL"]) as conn:
+        assert conn.execute("select n from kept").fetchone() == (42,)
+    events = [e["event"] for e in Plan.build("heal", settings).store.events("heal")]
+    assert events[-1] == "restarted"
+
+
+def test_up_recreates_a_ready_environment_whose_data_is_gone(settings: Settings) -> None:
+    first = up(settings, "lost")
+    pgdata = Layout.for_settings(settings).pgdata("lost")
+    pid = postmaster_pid(pgdata)
+    assert pid is not None
+    os.kill(pid, 9)
+    from envkit.processes import wait_gone
+
+    wait_gone(pid, 5)
+    (pgdata / "PG_VERSION").unlink()  # not a data directory any more
+    second = up(settings, "lost")
     assert second.status is Status.READY
     with psycopg.connect(second.outputs["DATABASE_URL"]) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
@@ -115,7 +137,7 @@ def test_templates_carry_no_free_space_maps_and_servers_rebuild_them(settings: S
     """Templates are trimmed of FSM forks and of every WAL segment but the shutdown
     checkpoint's (less to copy per server); writes, VACUUM and WAL past that one segment work,
     and the forks come back."""
-    record = lifecycle.up(lifecycle.Context.build("fsm", settings))
+    record = lifecycle.up(Plan.build("fsm", settings))
     pgdata = Layout.for_settings(settings).pgdata("fsm")
     assert not list(pgdata.glob("base/*/*_fsm")) and not list(pgdata.glob("global/*_fsm"))
     provider = LocalProvider(settings)

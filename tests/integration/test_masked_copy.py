@@ -13,7 +13,7 @@ import pytest
 
 from envkit import lifecycle
 from envkit.errors import SeedError
-from envkit.lifecycle import Context
+from envkit.plan import Plan
 from envkit.seeding import copytext
 from envkit.seeding import subsetting as s
 from envkit.seeding.masking import MASKERS, luhn_check_digit, mask_email
@@ -88,8 +88,8 @@ def rows(count: int) -> list[tuple[Any, ...]]:
 
 @pytest.fixture
 def servers(settings: Settings) -> Iterator[tuple[str, str]]:
-    source = lifecycle.up(Context.build("mask-src", settings)).outputs["DATABASE_URL"]
-    target = lifecycle.up(Context.build("mask-dst", settings)).outputs["DATABASE_URL"]
+    source = lifecycle.up(Plan.build("mask-src", settings)).outputs["DATABASE_URL"]
+    target = lifecycle.up(Plan.build("mask-dst", settings)).outputs["DATABASE_URL"]
     yield source, target
 
 

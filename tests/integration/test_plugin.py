@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from envkit import lifecycle
+from envkit.plan import Plan
 from envkit.settings import Settings
 from envkit.state import Status
 
@@ -35,7 +36,7 @@ def seen(path: Path) -> list[dict[str, str]]:
 
 
 def status(settings: Settings, pipeline_id: str) -> Status:
-    record = lifecycle.status(lifecycle.Context.build(pipeline_id, settings))
+    record = lifecycle.status(Plan.build(pipeline_id, settings))
     return Status.ABSENT if record is None else record.status
 
 
@@ -76,7 +77,7 @@ def test_creates_an_environment_for_the_session_and_destroys_it(
 def test_attaches_to_an_environment_that_is_up_and_leaves_it_up(
     inner: pytest.Pytester, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    record = lifecycle.up(lifecycle.Context.build("ci-step", settings))
+    record = lifecycle.up(Plan.build("ci-step", settings))
     monkeypatch.setenv("ENVKIT_PIPELINE_ID", "ci-step")
     inner.makepyfile(
         test_inner="""

@@ -24,6 +24,7 @@ from conftest import tear_down_home
 
 from envkit import lifecycle
 from envkit.locking import is_locked
+from envkit.plan import Plan
 from envkit.processes import wait_gone
 from envkit.providers.local.leftovers import marked_processes
 from envkit.providers.local.pgserver import postmaster_pid
@@ -68,7 +69,8 @@ def envkit(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def up(settings: Settings, pipeline_id: str) -> lifecycle.Record:
-    return lifecycle.up(lifecycle.Context.build(pipeline_id, settings))
+    """An unseeded environment: one template per data root keeps these checks exact."""
+    return lifecycle.up(Plan.build(pipeline_id, settings, seed=False))
 
 
 def connects(url: str) -> bool:
@@ -130,7 +132,7 @@ def test_reap_from_another_home_removes_the_environments_of_a_deleted_home(
     for s, r in ((settings, mine), (kept, theirs)):
         assert postmaster_pid(Layout.for_settings(s).pgdata(r.pipeline_id)) == alive[r.pipeline_id]
         assert connects(r.outputs["DATABASE_URL"])
-        record = lifecycle.status(lifecycle.Context.build(r.pipeline_id, s))
+        record = lifecycle.status(Plan.build(r.pipeline_id, s))
         assert record is not None and record.status is Status.READY
 
 
@@ -210,7 +212,7 @@ def test_templates_unused_for_their_ttl_are_pruned_and_rebuilt_when_needed(
     settings: Settings, private_data: Path
 ) -> None:
     running = up(settings, "tpl-running")
-    lifecycle.down(lifecycle.Context.build(up(settings, "tpl-gone").pipeline_id, settings))
+    lifecycle.down(Plan.build(up(settings, "tpl-gone").pipeline_id, settings))
     templates = Layout.for_settings(settings).templates
     _wait_for_refills(templates)
     (template,) = [p for p in templates.iterdir() if p.is_dir() and p.name.startswith("pg-")
@@ -239,7 +241,7 @@ def test_templates_unused_for_their_ttl_are_pruned_and_rebuilt_when_needed(
     assert not [p for p in templates.iterdir() if p.name.startswith((template.name, ".prune-"))]
     # An environment copied from it runs on: it owns its copy.
     assert connects(running.outputs["DATABASE_URL"])
-    record = lifecycle.status(lifecycle.Context.build("tpl-running", settings))
+    record = lifecycle.status(Plan.build("tpl-running", settings))
     assert record is not None and record.status is Status.READY
     # The next up builds the template again.
     again = up(settings, "tpl-again")

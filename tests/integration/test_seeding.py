@@ -12,7 +12,7 @@ import pytest
 
 from envkit import lifecycle
 from envkit.errors import ConfigError
-from envkit.lifecycle import Context
+from envkit.plan import Plan
 from envkit.seeding import datasets
 from envkit.seeding import pipeline as seeding
 from envkit.seeding.masking import is_reserved_email, is_test_card
@@ -37,12 +37,12 @@ def dump_hash(url: str) -> dict[str, Any]:
 
 def test_same_dataset_gives_identical_safe_data(settings: Settings) -> None:
     # A: copied from the seeded template by `up`; B: loaded by `envkit seed` into an empty one.
-    a = lifecycle.up(Context.build("seed-a", settings), dataset="default")
+    a = lifecycle.up(Plan.build("seed-a", settings.with_(dataset="default")))
     assert a.timings["seed_from_template"] == 1.0 and a.timings["seed_rows"] == 10_000
-    lifecycle.up(Context.build("seed-b", settings))
-    summary = seeding.seed_pipeline(Context.build("seed-b", settings), dataset="default")
+    lifecycle.up(Plan.build("seed-b", settings, seed=False))
+    summary = seeding.seed_pipeline(Plan.build("seed-b", settings), dataset="default")
     assert summary["stats"]["from_template"] == 0.0 and summary["stats"]["rows"] == 10_000
-    b = lifecycle.status(Context.build("seed-b", settings))
+    b = lifecycle.status(Plan.build("seed-b", settings))
     assert b is not None and b.dataset == "default"
     assert dump_hash(a.outputs["DATABASE_URL"]) == dump_hash(b.outputs["DATABASE_URL"])
 
@@ -74,8 +74,10 @@ def test_other_version_gives_other_data(settings: Settings, tmp_path: Path) -> N
     shutil.copytree(Path(str(datasets.shipped_root())) / "default", seeds / "default")
     toml = seeds / "default" / "dataset.toml"
     toml.write_text(toml.read_text().replace('version = "1"', 'version = "2"'))
-    v1 = lifecycle.up(Context.build("seed-v1", settings), dataset="default")
-    v2 = lifecycle.up(Context.build("seed-v2", settings.with_(seeds_dir=seeds)), dataset="default")
+    v1 = lifecycle.up(Plan.build("seed-v1", settings.with_(dataset="default")))
+    v2 = lifecycle.up(
+        Plan.build("seed-v2", settings.with_(seeds_dir=seeds, dataset="default"))
+    )
     h1, h2 = dump_hash(v1.outputs["DATABASE_URL"]), dump_hash(v2.outputs["DATABASE_URL"])
     assert all(h1[t][0] == h2[t][0] for t in TABLES)  # same shape
     assert all(h1[t][1] != h2[t][1] for t in TABLES)  # other data
@@ -83,7 +85,7 @@ def test_other_version_gives_other_data(settings: Settings, tmp_path: Path) -> N
 
 def test_scale_multiplies_rows(settings: Settings) -> None:
     record = lifecycle.up(
-        Context.build("seed-s", settings.with_(seed_scale=0.5)), dataset="default"
+        Plan.build("seed-s", settings.with_(seed_scale=0.5, dataset="default"))
     )
     with psycopg.connect(record.outputs["DATABASE_URL"]) as conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone() == (2000,)
@@ -91,6 +93,6 @@ def test_scale_multiplies_rows(settings: Settings) -> None:
 
 def test_unknown_dataset_is_exit_2_and_creates_nothing(settings: Settings) -> None:
     with pytest.raises(ConfigError) as err:
-        lifecycle.up(Context.build("seed-x", settings), dataset="no-such-data")
+        lifecycle.up(Plan.build("seed-x", settings.with_(dataset="no-such-data")))
     assert err.value.exit_code == 2 and "default" in err.value.message
-    assert lifecycle.status(Context.build("seed-x", settings)) is None
+    assert lifecycle.status(Plan.build("seed-x", settings)) is None

@@ -12,6 +12,7 @@ import pytest
 
 from envkit import lifecycle
 from envkit.errors import EnvkitError, ProvisionError
+from envkit.plan import Plan
 from envkit.processes import process_age
 from envkit.providers import get_provider
 from envkit.providers.local.provider import Layout
@@ -36,11 +37,11 @@ def service_processes(settings: Settings, pipeline_id: str) -> list[int]:
 
 
 def up(settings: Settings, pipeline_id: str) -> Record:
-    return lifecycle.up(lifecycle.Context.build(pipeline_id, settings))
+    return lifecycle.up(Plan.build(pipeline_id, settings))
 
 
 def down(settings: Settings, pipeline_id: str) -> None:
-    lifecycle.down(lifecycle.Context.build(pipeline_id, settings))
+    lifecycle.down(Plan.build(pipeline_id, settings))
 
 
 def test_two_services_start_in_order_and_stop(settings: Settings) -> None:
@@ -94,7 +95,7 @@ def test_service_that_exits_at_start_fails_up(settings: Settings, tmp_path: Path
     assert "'api' exited at start (exit code 3)" in message
     assert "refusing to start: API_FAIL_AT_START=1" in message  # its last log lines
     assert service_processes(settings, "svc-fail") == []
-    record = lifecycle.status(lifecycle.Context.build("svc-fail", settings))
+    record = lifecycle.status(Plan.build("svc-fail", settings))
     assert record is not None and record.status == "failed"
     assert not Layout.for_settings(settings).env_dir("svc-fail").exists()
 
@@ -153,7 +154,7 @@ def test_unrecorded_services_are_found_and_stopped(settings: Settings) -> None:
 def test_preserved_environment_keeps_services(settings: Settings) -> None:
     settings = settings.with_(spec_file=EXAMPLE / "envkit.toml")
     record = up(settings, "svc-keep")
-    lifecycle.down(lifecycle.Context.build("svc-keep", settings), preserve=True)
+    lifecycle.down(Plan.build("svc-keep", settings), preserve=True)
     assert get(record.outputs["SERVICE_API_URL"] + "/health")[0] == 200
     again = up(settings, "svc-keep")  # up of a preserved environment returns it as it is
     assert again.resources["services"]["api"]["pid"] == record.resources["services"]["api"]["pid"]
@@ -167,4 +168,4 @@ def test_bad_spec_creates_nothing(settings: Settings, tmp_path: Path) -> None:
     with pytest.raises(EnvkitError) as caught:
         up(settings.with_(spec_file=spec), "svc-bad")
     assert caught.value.exit_code == 2
-    assert lifecycle.status(lifecycle.Context.build("svc-bad", settings)) is None
+    assert lifecycle.status(Plan.build("svc-bad", settings)) is None

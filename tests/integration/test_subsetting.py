@@ -15,7 +15,7 @@ import pytest
 
 from envkit import lifecycle
 from envkit.errors import ConfigError
-from envkit.lifecycle import Context
+from envkit.plan import Plan
 from envkit.seeding import pipeline as seeding
 from envkit.seeding.masking import (
     is_fictional_phone,
@@ -126,8 +126,9 @@ def fill_source(url: str) -> dict[str, set[str]]:
 
 @pytest.fixture
 def pair(settings: Settings) -> tuple[str, str, dict[str, set[str]]]:
-    source = lifecycle.up(Context.build("sub-src", settings)).outputs["DATABASE_URL"]
-    target = lifecycle.up(Context.build("sub-dst", settings)).outputs["DATABASE_URL"]
+    # Empty databases (no dataset): the test fills the source and copies a subset into the target.
+    source = lifecycle.up(Plan.build("sub-src", settings, seed=False)).outputs["DATABASE_URL"]
+    target = lifecycle.up(Plan.build("sub-dst", settings, seed=False)).outputs["DATABASE_URL"]
     return source, target, fill_source(source)
 
 
@@ -143,7 +144,7 @@ def test_masked_subset_has_no_source_pii_and_no_orphans(
     source, target, real = pair
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES)
-    summary = seeding.seed_pipeline(Context.build("sub-dst", settings), source=source, rules=rules)
+    summary = seeding.seed_pipeline(Plan.build("sub-dst", settings), source=source, rules=rules)
     stats = summary["stats"]
     assert stats["rows_customers"] >= 50 and stats["rows_orders"] > 0
     assert public_tables(target) == ["customers", "order_items", "orders"]
@@ -188,7 +189,7 @@ def test_unclassified_column_aborts_before_any_row(
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES.replace('city = "city"\n', ""))
     with pytest.raises(ConfigError) as err:
-        seeding.seed_pipeline(Context.build("sub-dst", settings), source=_source, rules=rules)
+        seeding.seed_pipeline(Plan.build("sub-dst", settings), source=_source, rules=rules)
     assert err.value.exit_code == 2
     assert "customers.city" in err.value.message
     assert public_tables(target) == []

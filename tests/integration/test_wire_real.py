@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from envkit import lifecycle
+from envkit.plan import Plan
 from envkit.providers.local.pgserver import ADMIN_USER
 from envkit.providers.local.provider import Layout
 from envkit.settings import Settings
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_scram_login_rows_and_errors(settings: Settings) -> None:
-    record = lifecycle.up(lifecycle.Context.build("wire", settings))
+    record = lifecycle.up(Plan.build("wire", settings))
     out = record.outputs
     host, port, user, db = (
         out["DATABASE_HOST"],
@@ -46,7 +47,7 @@ def test_scram_login_rows_and_errors(settings: Settings) -> None:
 
 
 def test_superuser_over_the_private_socket(settings: Settings) -> None:
-    record = lifecycle.up(lifecycle.Context.build("wire-admin", settings))
+    record = lifecycle.up(Plan.build("wire-admin", settings))
     socket_dir = Layout.for_settings(settings).socket_dir("wire-admin")
     port = int(record.outputs["DATABASE_PORT"])
     with connect(str(socket_dir), port, ADMIN_USER, "template1") as s:

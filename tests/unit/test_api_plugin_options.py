@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from envkit import api, lifecycle, plugin
+from envkit import api, plugin
 from envkit.errors import ConfigError
+from envkit.plan import Plan
 from envkit.settings import Settings
 from envkit.state import Record, StateStore, Status
 
@@ -74,7 +75,7 @@ def make_env(tmp_path: Path) -> api.Environment:
         outputs={"DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:5432/d",
                  "DATABASE_PASSWORD": "hunter2"},
     )
-    return api.Environment(lifecycle.Context(settings, "pr-7", StateStore(tmp_path)), record)
+    return api.Environment(Plan(settings, "pr-7", StateStore(tmp_path)), record)
 
 
 def test_the_handle_shows_no_secret_and_copies_its_outputs(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from envkit import commands, lifecycle
+from envkit.plan import Plan
 from envkit.processes import process_alive
 from envkit.settings import Settings
 from envkit.state import Record, StateStore, Status
@@ -132,7 +133,7 @@ def test_runs_are_recorded_apart_and_a_retry_stops_what_a_killed_run_left(
     tmp_path: Path, spawned: list[subprocess.Popen[bytes]]
 ) -> None:
     settings = Settings.resolve({"home": tmp_path / "home"}, env={}, cwd=tmp_path)
-    ctx = lifecycle.Context.build("p1", settings)
+    ctx = Plan.build("p1", settings)
     ctx.store.save(
         Record(pipeline_id="p1", provider="local", status=Status.READY,
                created_at="2026-01-01T00:00:00Z", expires_at="2099-01-01T00:00:00Z",

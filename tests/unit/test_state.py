@@ -185,6 +185,9 @@ class _FakeProvider:
     def preflight(self) -> None:
         return None
 
+    def check_spec(self, spec: object) -> None:
+        return None
+
     def provision(self, request: object) -> dict[str, str]:
         from envkit.errors import PrerequisiteError
 
@@ -196,8 +199,14 @@ class _FakeProvider:
     def probes(self, record: Record) -> list[object]:
         return []
 
-    def alive(self, record: Record) -> bool:
+    def gone(self, record: Record) -> list[str]:
+        return ["database: gone"]
+
+    def restart(self, record: Record) -> bool:
         return False
+
+    def logs(self, record: Record, component: str | None = None) -> dict[str, Path]:
+        return {}
 
     def destroy(self, pipeline_id: str, record: Record | None) -> None:
         return None
@@ -209,14 +218,15 @@ def test_a_provider_refusal_before_creating_anything_leaves_no_record(
 ) -> None:
     from envkit import lifecycle
     from envkit.errors import PrerequisiteError
+    from envkit.plan import Plan
     from envkit.settings import Settings
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(lifecycle, "get_provider", lambda name, s: _FakeProvider(record_first))
     settings = Settings(home=tmp_path / "home", lock_timeout=0)
-    ctx = lifecycle.Context(settings, "p1", StateStore(settings.home))
+    ctx = Plan(settings, "p1", StateStore(settings.home), seed=False)
     with pytest.raises(PrerequisiteError):
-        lifecycle.up(ctx, seed=False)
+        lifecycle.up(ctx)
     store = ctx.store
     if record_first:  # something was created: the failed record stays, for down and reap
         record = store.load("p1")

@@ -35,7 +35,9 @@ APP_PLACEHOLDER = "envkit_app"  # role and database in the template, renamed per
 # directory (mmap) so a server killed with SIGKILL leaves nothing in /dev/shm.
 SERVER_SETTINGS: dict[str, str] = {
     "fsync": "off",
-    "synchronous_commit": "off",
+    # A commit waits for its WAL to reach the kernel (a write, no fsync: fsync is off), so a
+    # killed server restarts with every committed row: a preserved environment keeps its data.
+    "synchronous_commit": "on",
     "full_page_writes": "off",
     "shared_buffers": "16MB",
     "max_connections": "50",

@@ -7,6 +7,7 @@ pipeline ID), so ``destroy`` finds everything even when ``up`` was killed before
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envkit.commands import spawn_helper
-from envkit.errors import PrerequisiteError, ProvisionError
+from envkit.errors import EnvkitError, PrerequisiteError, ProvisionError
 from envkit.health import Probe
 from envkit.health.postgres import PostgresProbe
 from envkit.naming import short_hash, sql_identifier, validate_pipeline_id
@@ -41,7 +42,7 @@ from envkit.providers.local.spares import checkout
 from envkit.providers.local.templates import TemplateCache
 from envkit.reaping import Leftover, ReapOptions, ReapReport
 from envkit.redact import scrub
-from envkit.securefs import private_dir, remove_tree, remove_tree_quietly
+from envkit.securefs import open_dir, private_dir, remove_tree, remove_tree_quietly
 from envkit.settings import Settings
 from envkit.spec_model import EnvSpec, spec_error
 from envkit.state import Record, write_atomic
@@ -325,13 +326,55 @@ class LocalProvider:
             probes += probes_for(record.resources, record.outputs)
         return probes
 
-    def alive(self, record: Record) -> bool:
+    def gone(self, record: Record) -> list[str]:
+        """The server (by its pid file, verified against the process) and each recorded
+        service process that no longer runs."""
+        missing = []
+        pgdata = self.layout.pgdata(record.pipeline_id)
+        if postmaster_pid(pgdata) is None:
+            missing.append(f"database: its PostgreSQL server ({pgdata}) is not running")
         if record.resources.get("services"):
-            from envkit.providers.local.services import services_alive
+            from envkit.providers.local.services import stopped_services
 
-            if not services_alive(record.resources):
+            stopped = stopped_services(record.resources)
+            missing += [f"service {name}: not running" for name in stopped]
+        return missing
+
+    def restart(self, record: Record) -> bool:
+        """Start the server again on the environment's own data directory, at the address
+        and port it had; not when services are gone too (they are started only by ``up``) or
+        the data directory is not whole."""
+        pipeline_id = record.pipeline_id
+        pgdata = self.layout.pgdata(pipeline_id)
+        if record.resources.get("services"):
+            from envkit.providers.local.services import stopped_services
+
+            if stopped_services(record.resources):
                 return False
-        return postmaster_pid(self.layout.pgdata(record.pipeline_id)) is not None
+        if postmaster_pid(pgdata) is not None:
+            return True
+        if not all(key in record.resources for key in ("bindir", "host", "port")):
+            return False
+        try:
+            if not (pgdata / "PG_VERSION").is_file():
+                return False
+            run_as = self.run_as()
+            self._ensure_roots(run_as)
+            make_socket_dir(self.layout.socket_dir(pipeline_id), run_as)
+            # A pid file the server left: the server user's folder, so unlink, never follow.
+            with open_dir(pgdata) as fd, contextlib.suppress(FileNotFoundError):
+                os.unlink("postmaster.pid", dir_fd=fd)
+            self.server_of(record).start()
+        except (EnvkitError, OSError) as exc:
+            log.warning("could not start %s again on its data: %s", pipeline_id, exc)
+            return False
+        return True
+
+    def logs(self, record: Record, component: str | None = None) -> dict[str, Path]:
+        """``postgres`` and each service's log, from the environment's logs folder."""
+        from envkit.providers.local.logs import pick_logs
+
+        return pick_logs(self.layout.logs(record.pipeline_id), component)
 
     # -- destroy ------------------------------------------------------------------------------
     def destroy(self, pipeline_id: str, record: Record | None) -> None:
