@@ -40,10 +40,11 @@ from typing import Any
 from envkit import lifecycle
 from envkit.health import wait_until_healthy
 from envkit.health.postgres import PostgresProbe
+from envkit.pgbin import PgInstall
 from envkit.plan import Plan
-from envkit.providers.local.install import PgInstall
+from envkit.providers.local.layout import Layout
 from envkit.providers.local.pgserver import PgServer, stop_server
-from envkit.providers.local.provider import Layout, LocalProvider
+from envkit.providers.local.provider import LocalProvider
 from envkit.settings import Settings
 from envkit.state import Record
 

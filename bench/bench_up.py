@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from envkit.providers.local.install import find_install  # noqa: E402
+from envkit.pgbin import find_install  # noqa: E402
 from envkit.providers.local.osuser import RunAs, server_user  # noqa: E402
 
 POLL = 0.002

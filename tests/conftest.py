@@ -26,7 +26,7 @@ def tear_down_home(home: Path) -> None:
     """Destroy every environment recorded under ``home`` and kill any process left in its
     data directories, so a failing test never leaks a server."""
     from envkit import lifecycle
-    from envkit.providers.local.provider import Layout
+    from envkit.providers.local.layout import Layout
 
     settings = Settings.resolve({"home": home})
     for record in lifecycle.list_environments(settings):

@@ -13,28 +13,12 @@ import os
 import sys
 from typing import NoReturn
 
-import typer
-
+# Importing the command modules registers their commands on ``app``.
+from envkit.cli import core, doctor, health, lifecycle, logs, seed  # noqa: F401
+from envkit.cli.app import app
 from envkit.errors import EnvkitError
 
-app = typer.Typer(
-    name="envkit",
-    help="Ephemeral test environments keyed by CI pipeline ID: up, test, down.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-
-# Importing the command modules registers their commands on ``app``.
-from envkit.cli import (  # noqa: E402,F401
-    core,
-    doctor,
-    health,
-    lifecycle,
-    logs,
-    seed,
-)
+__all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:

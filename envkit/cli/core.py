@@ -10,7 +10,7 @@ import typer
 
 from envkit import lifecycle
 from envkit.ci_outputs import write_env_file, write_github_for
-from envkit.cli import app
+from envkit.cli.app import app
 from envkit.cli.render import console, print_json, progress, settings
 from envkit.durations import parse_duration
 from envkit.outputs import render_env, render_json, visible

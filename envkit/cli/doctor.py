@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from envkit.cli import app
+from envkit.cli.app import app
 from envkit.cli.render import console, print_json, settings
 from envkit.errors import EnvkitError
 
@@ -26,71 +26,28 @@ def _check(name: str, provider: str, required: bool, probe: Any) -> dict[str, An
 
 
 def run_checks() -> list[dict[str, Any]]:
-    """Every check, local ones (required) first, then the aws provider's (informational)."""
-    from envkit.errors import PrerequisiteError
-    from envkit.providers.aws import prerequisites as aws
-    from envkit.providers.local.install import find_install
+    """Every provider's checks, local ones (required) first, then the aws provider's."""
+    from envkit.providers import get_provider
+    from envkit.settings import PROVIDERS
 
     current = settings()
-
-    def postgres() -> str:
-        install = find_install(current.pg_bindir, cache_dir=current.home / "cache")
-        return f"{install.version() or 'postgres'} in {install.bindir}"
-
-    def pulumi_cli() -> str:
-        path, version = aws.find_pulumi_cli()
-        return f"Pulumi CLI {version} at {path}"
-
-    def credentials() -> str:
-        import boto3
-        from botocore.config import Config
-
+    results = []
+    for name in PROVIDERS:
         try:
-            identity = (
-                boto3.session.Session(region_name=aws.aws_region(current))
-                .client(
-                    "sts",
-                    config=Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1}),
-                )
-                .get_caller_identity()
-            )
-        except Exception as exc:
-            raise PrerequisiteError(
-                f"No usable AWS credentials ({type(exc).__name__}).",
-                hint="Configure them (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or "
-                "an OIDC role in CI) and the region (AWS_REGION).",
-            ) from None
-        return f"account {identity['Account']} as {identity['Arn']}"
-
-    def backend() -> str:
-        url = aws.default_backend(current)
-        if url.startswith("file://"):
-            return f"{url} (local files; created on first use)"
-        if url.startswith("s3://"):
-            import boto3
-            from botocore.config import Config
-
-            bucket = url.removeprefix("s3://").split("/", 1)[0].split("?", 1)[0]
-            client = boto3.session.Session(region_name=aws.aws_region(current)).client(
-                "s3", config=Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1})
-            )
-            try:
-                client.head_bucket(Bucket=bucket)
-            except Exception as exc:
-                raise PrerequisiteError(
-                    f"The state bucket {bucket} is not reachable ({type(exc).__name__}).",
-                    hint="Create it (private, versioned) or fix ENVKIT_PULUMI_BACKEND and the "
-                    "credentials.",
-                ) from None
-            return f"{url} (bucket reachable)"
-        return f"{url} (not checked: Pulumi checks it on first use)"
-
-    return [
-        _check("PostgreSQL binaries", "local", True, postgres),
-        _check("Pulumi CLI", "aws", False, pulumi_cli),
-        _check("AWS credentials", "aws", False, credentials),
-        _check("Pulumi backend", "aws", False, backend),
-    ]
+            checks = get_provider(name, current).checks()
+        except ImportError as exc:  # the provider's extra is not installed
+            missing = {
+                "name": f"the {name} provider",
+                "provider": name,
+                "ok": False,
+                "required": False,
+                "detail": f"not installed ({exc.name or exc})",
+                "fix": f"pip install 'envkit[{name}]'",
+            }
+            results.append(missing)
+            continue
+        results += [_check(c.name, name, c.required, c.probe) for c in checks]
+    return results
 
 
 @app.command()

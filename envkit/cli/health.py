@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from envkit import lifecycle
-from envkit.cli import app
+from envkit.cli.app import app
 from envkit.cli.core import PipelineArg
 from envkit.cli.render import console, error_console, print_json, settings
 from envkit.plan import Plan

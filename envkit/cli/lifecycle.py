@@ -11,7 +11,7 @@ from typer._click.core import Context as _ClickContext  # typer 0.28 vendors cli
 from typer.core import TyperCommand
 
 from envkit import lifecycle
-from envkit.cli import app
+from envkit.cli.app import app
 from envkit.cli.core import PipelineArg, ProviderOpt, ShowSecretsOpt
 from envkit.cli.render import console, error_console, print_json, settings
 from envkit.durations import parse_duration

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from envkit.cli import app
+from envkit.cli.app import app
 from envkit.cli.core import PipelineArg
 from envkit.cli.render import settings
 

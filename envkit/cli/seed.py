@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from envkit.cli import app
+from envkit.cli.app import app
 from envkit.cli.core import DatasetOpt, PipelineArg, ScaleOpt
 from envkit.cli.render import console, print_json, progress, settings
 

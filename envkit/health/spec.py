@@ -106,9 +106,9 @@ def _build(
         return PostgresProbe(
             str(value), component=component, require_rows=spec.get("query") or None
         )
-    # The aws kinds are the aws provider's probes: imported only when a spec names one, so
-    # building local probes never loads its code.
-    from envkit.providers.aws.probes import EcsServicesProbe, RdsInstanceProbe
+    # The aws kinds are the aws provider's public probes: imported only when a spec names one,
+    # so building local probes never loads its code.
+    from envkit.providers.aws import EcsServicesProbe, RdsInstanceProbe
 
     if kind == "aws-rds":
         return RdsInstanceProbe(str(value), component=component, region=spec.get("region"))

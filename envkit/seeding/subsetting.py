@@ -271,7 +271,7 @@ class _Selection:
 
 def _pg_dump(dsn: dict[str, Any], schema: str, tables: list[str], section: str) -> str:
     """DDL of ``tables`` from ``pg_dump`` (password in the environment, never in argv)."""
-    from envkit.providers.local.install import find_install
+    from envkit.pgbin import find_install
 
     bindir = os.environ.get("ENVKIT_PG_BINDIR")
     install = find_install(Path(bindir) if bindir else None)

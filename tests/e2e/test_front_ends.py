@@ -229,6 +229,9 @@ def test_attached_session_leaves_the_environment_after_its_server_died(
 ) -> None:
     try:
         ok("up", "fe-attach", "--no-seed")
+        before = url_of("fe-attach")
+        with psycopg.connect(before, connect_timeout=5, autocommit=True) as conn:
+            conn.execute("create table kept (n int); insert into kept values (7)")
         kill_server(envkit_home, "fe-attach")
 
         session = inner_pytest(tmp_path, ATTACHED_TEST, environ(ENVKIT_PIPELINE_ID="fe-attach"))
@@ -238,8 +241,9 @@ def test_attached_session_leaves_the_environment_after_its_server_died(
         after = status("fe-attach")
         assert after["status"] != "absent", after
         assert (after["status"], after["alive"]) == ("ready", True), after
-        with psycopg.connect(url_of("fe-attach"), connect_timeout=5) as conn:
-            assert conn.execute("select 1").fetchone() == (1,)
+        assert url_of("fe-attach") == before  # started again on its data, not recreated
+        with psycopg.connect(before, connect_timeout=5) as conn:
+            assert conn.execute("select n from kept").fetchone() == (7,)
     finally:
         envkit("down", "fe-attach")
 

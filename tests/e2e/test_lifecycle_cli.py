@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from envkit.providers.local.layout import Layout
 from envkit.providers.local.leftovers import inventory, marked_processes
-from envkit.providers.local.provider import Layout
 from envkit.settings import Settings
 from envkit.state import StateStore, Status
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from envkit.providers.local.provider import Layout
+from envkit.providers.local.layout import Layout
 from envkit.providers.local.service_processes import find_service_processes
 from envkit.settings import Settings
 

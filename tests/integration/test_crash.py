@@ -30,8 +30,8 @@ from conftest import kill_processes_under
 from envkit import lifecycle
 from envkit.plan import Plan
 from envkit.processes import process_alive
+from envkit.providers.local.layout import Layout
 from envkit.providers.local.leftovers import inventory
-from envkit.providers.local.provider import Layout
 from envkit.reaper import reap
 from envkit.settings import Settings
 from envkit.state import Record, StateStore, Status

@@ -29,8 +29,9 @@ from envkit.health.network import HttpProbe, TcpProbe
 from envkit.health.postgres import PostgresProbe
 from envkit.plan import Plan
 from envkit.processes import wait_gone
+from envkit.providers.local.layout import Layout
 from envkit.providers.local.pgserver import stop_server
-from envkit.providers.local.provider import Layout, LocalProvider
+from envkit.providers.local.provider import LocalProvider
 from envkit.settings import Settings
 from envkit.state import Record
 

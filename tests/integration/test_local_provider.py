@@ -13,8 +13,9 @@ import pytest
 from envkit import lifecycle
 from envkit.errors import PrerequisiteError
 from envkit.plan import Plan
+from envkit.providers.local.layout import Layout
 from envkit.providers.local.pgserver import postmaster_pid
-from envkit.providers.local.provider import Layout, LocalProvider
+from envkit.providers.local.provider import LocalProvider
 from envkit.settings import Settings
 from envkit.state import Status
 

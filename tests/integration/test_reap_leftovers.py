@@ -26,9 +26,9 @@ from envkit import lifecycle
 from envkit.locking import is_locked
 from envkit.plan import Plan
 from envkit.processes import wait_gone
+from envkit.providers.local.layout import Layout
 from envkit.providers.local.leftovers import marked_processes
 from envkit.providers.local.pgserver import postmaster_pid
-from envkit.providers.local.provider import Layout
 from envkit.providers.local.spares import spares_dir
 from envkit.reaper import reap
 from envkit.reaping import ReapReport

@@ -28,8 +28,8 @@ import pytest
 from conftest import kill_processes_under, tear_down_home
 
 from envkit.naming import short_hash
+from envkit.providers.local.layout import Layout
 from envkit.providers.local.osuser import DEFAULT_USER
-from envkit.providers.local.provider import Layout
 from envkit.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from envkit.errors import EnvkitError, ProvisionError
 from envkit.plan import Plan
 from envkit.processes import process_age
 from envkit.providers import get_provider
-from envkit.providers.local.provider import Layout
+from envkit.providers.local.layout import Layout
 from envkit.providers.local.service_processes import find_service_processes, stop_services
 from envkit.settings import Settings
 from envkit.state import Record

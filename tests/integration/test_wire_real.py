@@ -7,8 +7,8 @@ import pytest
 
 from envkit import lifecycle
 from envkit.plan import Plan
+from envkit.providers.local.layout import Layout
 from envkit.providers.local.pgserver import ADMIN_USER
-from envkit.providers.local.provider import Layout
 from envkit.settings import Settings
 from envkit.wire import WireError, connect
 

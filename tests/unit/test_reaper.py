@@ -144,7 +144,7 @@ def test_dry_run_changes_nothing(tmp_path: Path, clean_env: None) -> None:
 
 def test_leftovers_without_records_are_found_by_markers_only(tmp_path: Path,
                                                              clean_env: None) -> None:
-    from envkit.providers.local.provider import Layout
+    from envkit.providers.local.layout import Layout
 
     settings = _home(tmp_path)
     layout = Layout.for_settings(settings)
@@ -167,7 +167,7 @@ def test_an_empty_reservation_is_reaped_only_after_a_grace(tmp_path: Path,
                                                           clean_env: None) -> None:
     import os
 
-    from envkit.providers.local.provider import Layout
+    from envkit.providers.local.layout import Layout
 
     settings = _home(tmp_path)
     folder = Layout.for_settings(settings).addresses.folder
@@ -227,7 +227,7 @@ def _other_home(settings: Settings, home: Path, pipeline_ids: tuple[str, ...] = 
     """An h-<key> directory of ``home`` as the local provider leaves it (no processes): env
     directories, a socket directory and an address reservation per pipeline, the .home file."""
     from envkit.naming import short_hash
-    from envkit.providers.local.provider import Layout
+    from envkit.providers.local.layout import Layout
 
     root = Layout.for_settings(settings).data_root
     other = Layout(root, short_hash(str(home), 10))
@@ -242,7 +242,7 @@ def _other_home(settings: Settings, home: Path, pipeline_ids: tuple[str, ...] = 
 
 
 def test_the_directory_of_a_deleted_home_is_reaped(tmp_path: Path, clean_env: None) -> None:
-    from envkit.providers.local.provider import Layout
+    from envkit.providers.local.layout import Layout
 
     settings = _home(tmp_path)
     gone = _other_home(settings, tmp_path / "deleted-home", ("a", "b"))
@@ -270,7 +270,7 @@ def test_the_directory_of_a_deleted_home_is_reaped(tmp_path: Path, clean_env: No
 
 def test_sockets_of_a_deleted_home_are_removed(tmp_path: Path, clean_env: None) -> None:
     from envkit.naming import short_hash
-    from envkit.providers.local.provider import Layout
+    from envkit.providers.local.layout import Layout
 
     settings = _home(tmp_path)
     home = tmp_path / "deleted-home"
@@ -315,7 +315,7 @@ def test_a_marker_naming_another_home_is_not_trusted(tmp_path: Path, clean_env: 
 def test_an_unmarked_home_directory_is_removed_only_when_empty_and_old(
     tmp_path: Path, clean_env: None
 ) -> None:
-    from envkit.providers.local.provider import Layout
+    from envkit.providers.local.layout import Layout
 
     settings = _home(tmp_path)
     root = Layout.for_settings(settings).data_root
@@ -341,7 +341,7 @@ def test_an_unmarked_home_directory_is_removed_only_when_empty_and_old(
 
 def test_the_own_home_directory_is_left_to_the_record_reap(tmp_path: Path,
                                                           clean_env: None) -> None:
-    from envkit.providers.local.provider import Layout
+    from envkit.providers.local.layout import Layout
 
     settings = _home(tmp_path)  # its home does not even exist: still never "orphaned"
     layout = Layout.for_settings(settings)
@@ -374,7 +374,7 @@ def _template(templates: Path, name: str, used: datetime, *, seeded: bool = Fals
 
 
 def test_templates_unused_for_the_ttl_are_removed(tmp_path: Path, clean_env: None) -> None:
-    from envkit.providers.local.provider import Layout
+    from envkit.providers.local.layout import Layout
 
     settings = _home(tmp_path)
     templates = Layout.for_settings(settings).templates
@@ -408,7 +408,7 @@ def test_templates_unused_for_the_ttl_are_removed(tmp_path: Path, clean_env: Non
 
 def test_the_template_ttl_is_a_setting(tmp_path: Path, clean_env: None,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from envkit.providers.local.provider import Layout
+    from envkit.providers.local.layout import Layout
 
     monkeypatch.setenv("ENVKIT_TEMPLATE_TTL", "1d")
     settings = _home(tmp_path)
@@ -420,7 +420,7 @@ def test_the_template_ttl_is_a_setting(tmp_path: Path, clean_env: None,
 
 
 def test_a_busy_stale_template_is_kept(tmp_path: Path, clean_env: None) -> None:
-    from envkit.providers.local.provider import Layout
+    from envkit.providers.local.layout import Layout
 
     settings = _home(tmp_path)
     templates = Layout.for_settings(settings).templates
@@ -447,7 +447,7 @@ def test_unfinished_reservations_are_swept_once_their_writer_is_gone(
 ) -> None:
     import os
 
-    from envkit.providers.local.provider import Layout
+    from envkit.providers.local.layout import Layout
 
     settings = _home(tmp_path)
     folder = Layout.for_settings(settings).addresses.folder

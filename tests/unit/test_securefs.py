@@ -12,7 +12,7 @@ import pytest
 
 from envkit.errors import PrerequisiteError
 from envkit.locking import FileLock, is_locked
-from envkit.providers.local.install import PgInstall
+from envkit.pgbin import PgInstall
 from envkit.providers.local.leftovers import pipeline_dirs as _pipeline_dirs
 from envkit.providers.local.leftovers import reserved_by as _reserved_by
 from envkit.providers.local.templates import trim

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from envkit.providers.local.install import PgInstall
+from envkit.pgbin import PgInstall
 from envkit.providers.local.templates import checkpoint_segments, trim
 
 SEGMENTS = [f"00000001000000000000000{c}" for c in "ABCDE"]

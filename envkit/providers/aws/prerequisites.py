@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from envkit.errors import PrerequisiteError
+from envkit.providers.base import Check
 from envkit.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,3 +124,63 @@ def on_path_dir(env: Mapping[str, str]) -> Path | None:
     """The directory of the ``pulumi`` found on PATH, if any."""
     found = shutil.which("pulumi", path=env.get("PATH", os.defpath))
     return Path(found).parent if found else None
+
+
+def doctor_checks(settings: Settings) -> list[Check]:
+    """What ``envkit doctor`` reports for the aws provider (informational: only its users need
+    them): the Pulumi CLI, AWS credentials, the state backend."""
+    current = settings
+
+    def pulumi_cli() -> str:
+        path, version = find_pulumi_cli()
+        return f"Pulumi CLI {version} at {path}"
+
+    def credentials() -> str:
+        import boto3
+        from botocore.config import Config
+
+        try:
+            identity = (
+                boto3.session.Session(region_name=aws_region(current))
+                .client(
+                    "sts",
+                    config=Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1}),
+                )
+                .get_caller_identity()
+            )
+        except Exception as exc:
+            raise PrerequisiteError(
+                f"No usable AWS credentials ({type(exc).__name__}).",
+                hint="Configure them (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or "
+                "an OIDC role in CI) and the region (AWS_REGION).",
+            ) from None
+        return f"account {identity['Account']} as {identity['Arn']}"
+
+    def backend() -> str:
+        url = default_backend(current)
+        if url.startswith("file://"):
+            return f"{url} (local files; created on first use)"
+        if url.startswith("s3://"):
+            import boto3
+            from botocore.config import Config
+
+            bucket = url.removeprefix("s3://").split("/", 1)[0].split("?", 1)[0]
+            client = boto3.session.Session(region_name=aws_region(current)).client(
+                "s3", config=Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1})
+            )
+            try:
+                client.head_bucket(Bucket=bucket)
+            except Exception as exc:
+                raise PrerequisiteError(
+                    f"The state bucket {bucket} is not reachable ({type(exc).__name__}).",
+                    hint="Create it (private, versioned) or fix ENVKIT_PULUMI_BACKEND and the "
+                    "credentials.",
+                ) from None
+            return f"{url} (bucket reachable)"
+        return f"{url} (not checked: Pulumi checks it on first use)"
+
+    return [
+        Check("Pulumi CLI", False, pulumi_cli),
+        Check("AWS credentials", False, credentials),
+        Check("Pulumi backend", False, backend),
+    ]

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from envkit.errors import ConfigError, EnvkitError, ProvisionError, TeardownError
 from envkit.naming import TAG_EXPIRES_AT, TAG_OWNER, TAG_PIPELINE_ID, aws_tag_value, rds_identifier
-from envkit.providers import ProvisionRequest
 from envkit.providers.aws.automation import (
     PROJECT,
     Automation,
@@ -30,9 +29,10 @@ from envkit.providers.aws.automation import (
     first_line,
     with_recovery,
 )
-from envkit.providers.aws.prerequisites import aws_region
+from envkit.providers.aws.prerequisites import aws_region, doctor_checks
 from envkit.providers.aws.services import aws_services
 from envkit.providers.aws.services import check_spec as check_services
+from envkit.providers.base import Check, ProvisionRequest
 from envkit.reaping import Leftover, ReapOptions, ReapReport
 from envkit.redact import scrub
 from envkit.settings import Settings
@@ -206,6 +206,10 @@ class AwsProvider:
                 region=self.region,
             ),
         ]
+
+    def checks(self) -> list[Check]:
+        """The Pulumi CLI, AWS credentials and the state backend (informational)."""
+        return doctor_checks(self.settings)
 
     def gone(self, record: Record) -> list[str]:
         """The RDS instance when it is missing, deleting or failed (one describe call)."""

@@ -29,8 +29,8 @@ from envkit.durations import format_duration
 from envkit.locking import FileLock, is_locked
 from envkit.naming import is_pipeline_id, iso_utc
 from envkit.processes import process_alive, processes_naming, stop
+from envkit.providers.local.layout import Layout
 from envkit.providers.local.osuser import trusted_uids
-from envkit.providers.local.provider import Layout
 from envkit.providers.local.spares import trim as trim_pool
 from envkit.reaping import Leftover, ReapOptions, ReapReport
 from envkit.securefs import remove_tree, remove_tree_quietly

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from envkit.durations import format_duration
 from envkit.errors import EnvkitError
 from envkit.locking import FileLock
 from envkit.naming import short_hash
+from envkit.providers.base import Provider
+from envkit.providers.local.layout import Layout
 from envkit.providers.local.leftovers import (
     Sweep,
     evidence,
@@ -28,7 +31,6 @@ from envkit.providers.local.leftovers import (
     mtime,
     real_dir,
 )
-from envkit.providers.local.provider import Layout, LocalProvider
 from envkit.reaping import WORKERS, ReapReport, age
 from envkit.securefs import remove_tree_quietly
 
@@ -63,8 +65,14 @@ def _newest_mtime(folder: Path) -> datetime | None:
     return max(times, default=None)
 
 
+@dataclass
 class OrphanedHomes(Sweep):
-    """Reap the ``h-<key>`` directories of deleted homes (see the module docstring)."""
+    """Reap the ``h-<key>`` directories of deleted homes (see the module docstring).
+
+    ``provider_for`` gives the provider that destroys the pipelines of another home's layout
+    (the local provider passes itself, re-made on that layout)."""
+
+    provider_for: Callable[[Layout], Provider] = field(kw_only=True)
 
     def run(self) -> ReapReport:
         root = self.layout.data_root
@@ -133,7 +141,7 @@ class OrphanedHomes(Sweep):
             return  # another reap removed it while we waited for nothing
         gone = f"its ENVKIT_HOME {home} no longer exists"
         other = Layout(root, key)
-        provider = LocalProvider(self.settings, layout=other)  # destroy() derives every path
+        provider = self.provider_for(other)  # destroy() derives every path from the layout
         found = evidence(other, self.owners)
 
         def destroy(pipeline_id: str) -> tuple[str, dict[str, Any]]:

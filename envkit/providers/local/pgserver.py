@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from envkit.errors import ProvisionError, TeardownError
+from envkit.pgbin import PgInstall
 from envkit.processes import cmdline, kill_group, process_alive, process_owner, wait_gone
-from envkit.providers.local.install import PgInstall
 from envkit.providers.local.osuser import RunAs
 from envkit.securefs import open_dir, private_dir
 

@@ -16,18 +16,18 @@ import stat
 import sys
 import time
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
 from pathlib import Path
 
 from envkit.commands import spawn_helper
 from envkit.errors import EnvkitError, PrerequisiteError, ProvisionError
 from envkit.health import Probe
 from envkit.health.postgres import PostgresProbe
-from envkit.naming import short_hash, sql_identifier, validate_pipeline_id
+from envkit.naming import sql_identifier, validate_pipeline_id
+from envkit.pgbin import PgInstall, find_install
 from envkit.processes import processes_naming, stop
-from envkit.providers import ProvisionRequest
-from envkit.providers.local.install import PgInstall, find_install
-from envkit.providers.local.loopback import AddressBook, bind_error, free_port
+from envkit.providers.base import Check, ProvisionRequest
+from envkit.providers.local.layout import Layout
+from envkit.providers.local.loopback import bind_error, free_port
 from envkit.providers.local.osuser import RunAs, server_user, trusted_uids
 from envkit.providers.local.pgserver import (
     PgServer,
@@ -35,7 +35,6 @@ from envkit.providers.local.pgserver import (
     configure_app,
     make_socket_dir,
     postmaster_pid,
-    socket_dir,
     stop_server,
 )
 from envkit.providers.local.spares import checkout
@@ -50,71 +49,6 @@ from envkit.state import Record, write_atomic
 log = logging.getLogger(__name__)
 
 STANDARD_PG_PORT = 5432
-MIN_SHM_FREE = 1 << 30  # use /dev/shm only with at least 1 GiB free
-
-
-def default_data_root(settings: Settings) -> Path:
-    """RAM-backed ``/dev/shm`` when it has room (fast, and no ext4 delete stalls), else disk."""
-    if settings.data_dir is not None:
-        return settings.data_dir
-    uid = os.geteuid()
-    shm = Path("/dev/shm")  # noqa: S108  (a private, 0711 subdirectory of it)
-    try:
-        stats = os.statvfs(shm)
-        if os.access(shm, os.W_OK) and stats.f_bavail * stats.f_frsize >= MIN_SHM_FREE:
-            return shm / f"envkit-{uid}"
-    except OSError:
-        pass
-    if uid == 0:
-        # Root's home is 0700: the unprivileged server user could not reach data under it.
-        return Path("/var/tmp") / f"envkit-{uid}"  # noqa: S108
-    return settings.home / "data"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where the local provider keeps everything, for one ENVKIT_HOME."""
-
-    data_root: Path
-    home_key: str
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> Layout:
-        home = settings.home.expanduser().resolve()
-        return cls(default_data_root(settings), short_hash(str(home), 10))
-
-    @property
-    def envs_root(self) -> Path:
-        return self.data_root / f"h-{self.home_key}"
-
-    @property
-    def templates(self) -> Path:
-        return self.data_root / "templates"
-
-    @property
-    def trash(self) -> Path:
-        return self.data_root / ".trash"
-
-    @property
-    def addresses(self) -> AddressBook:
-        return AddressBook(self.data_root / "addr")
-
-    def env_dir(self, pipeline_id: str) -> Path:
-        return self.envs_root / pipeline_id
-
-    def pgdata(self, pipeline_id: str) -> Path:
-        return self.env_dir(pipeline_id) / "pgdata"
-
-    def logs(self, pipeline_id: str) -> Path:
-        return self.env_dir(pipeline_id) / "logs"
-
-    def socket_dir(self, pipeline_id: str) -> Path:
-        # Unix socket paths are limited to ~107 bytes: keep this one short whatever the root.
-        return socket_dir(self.data_root, short_hash(f"{self.home_key}/{pipeline_id}", 12))
-
-    def owner_key(self, pipeline_id: str) -> str:
-        """What address reservations are keyed by: unique per (home, pipeline)."""
-        return f"{self.home_key}/{pipeline_id}"
 
 
 class LocalProvider:
@@ -136,6 +70,15 @@ class LocalProvider:
 
     def templates(self, install: PgInstall, run_as: RunAs) -> TemplateCache:
         return TemplateCache(self.layout.templates, install, run_as)
+
+    def checks(self) -> list[Check]:
+        """The server binaries (required: nothing runs without them)."""
+
+        def postgres() -> str:
+            install = self.install()
+            return f"{install.version() or 'postgres'} in {install.bindir}"
+
+        return [Check("PostgreSQL binaries", True, postgres)]
 
     def preflight(self) -> None:
         """Binaries, the server user and a data root that is ours alone: exit 2 before any
@@ -223,7 +166,7 @@ class LocalProvider:
         """The data directory to copy: the base template, or with a dataset its seeded template
         (built once per machine), so a seeded environment costs what an empty one costs."""
         if request.dataset is not None:
-            from envkit.seeding.pipeline import seeded_template
+            from envkit.providers.local.seeded import seeded_template
 
             return seeded_template(self.settings, self.templates(install, run_as), request)
         return self.templates(install, run_as).base()
@@ -360,10 +303,18 @@ class LocalProvider:
                 return False
             run_as = self.run_as()
             self._ensure_roots(run_as)
-            make_socket_dir(self.layout.socket_dir(pipeline_id), run_as)
-            # A pid file the server left: the server user's folder, so unlink, never follow.
+            sockets = self.layout.socket_dir(pipeline_id)
+            make_socket_dir(sockets, run_as)
+            # What the dead server left: its pid file, its socket and the socket's lock file
+            # (a killed server can linger as a zombie whose pid PostgreSQL takes for alive).
+            # The server user's folders: unlink, never follow.
             with open_dir(pgdata) as fd, contextlib.suppress(FileNotFoundError):
                 os.unlink("postmaster.pid", dir_fd=fd)
+            with open_dir(sockets) as fd:
+                for name in os.listdir(fd):
+                    if name.startswith(".s.PGSQL."):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(name, dir_fd=fd)
             self.server_of(record).start()
         except (EnvkitError, OSError) as exc:
             log.warning("could not start %s again on its data: %s", pipeline_id, exc)
@@ -417,8 +368,15 @@ class LocalProvider:
 
         owners = trusted_uids(self.settings.pg_user)
         report = ReapReport(dry_run=options.dry_run)
-        for sweep in (SharedLeftovers, OrphanedHomes):
-            report.merge(sweep(self.settings, self.layout, options, owners).run())
+        report.merge(SharedLeftovers(self.settings, self.layout, options, owners).run())
+        homes = OrphanedHomes(
+            self.settings,
+            self.layout,
+            options,
+            owners,
+            provider_for=lambda layout: LocalProvider(self.settings, layout=layout),
+        )
+        report.merge(homes.run())
         return report
 
     def stray_processes(self, pipeline_id: str) -> list[int]:

@@ -46,7 +46,7 @@ from envkit.redact import scrub, secret_values
 from envkit.spec import EnvSpec, HealthCheck, ServiceSpec, render
 
 if TYPE_CHECKING:
-    from envkit.providers import ProvisionRequest
+    from envkit.providers.base import ProvisionRequest
     from envkit.providers.local.pgserver import PgServer
     from envkit.providers.local.provider import LocalProvider
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from envkit.errors import PrerequisiteError, ProvisionError
 from envkit.locking import FileLock
-from envkit.providers.local.install import PgInstall
+from envkit.pgbin import PgInstall
 from envkit.providers.local.osuser import RunAs
 from envkit.providers.local.pgserver import (
     ADMIN_USER,
