@@ -7,9 +7,9 @@ import gc
 
 def run() -> None:
     """The CLI entry point. Loading the CLI's modules creates tens of thousands of objects and
-    no garbage, yet triggered collections that were ~9 % of a short command's CPU (perf): they
-    are off while the modules load, then what loaded is frozen out of every later collection
-    (``envkit up``: 14 ms less CPU, measured)."""
+    no garbage, yet triggers collections that are a noticeable share of a short command's CPU:
+    they are off while the modules load, then what loaded is frozen out of every later
+    collection (figures: docs/benchmarks.md)."""
     gc.disable()
     try:
         from envkit.cli import main

@@ -142,20 +142,31 @@ def _running(plan: Plan, provider: Provider, record: Record, *, recreate: bool) 
     data if need be; ``False`` when it must be recreated (``ProvisionError`` when it is
     preserved and ``recreate`` was not asked: its data is what the user kept)."""
     missing = provider.gone(record)
-    if not missing:
-        return True
     pipeline_id = record.pipeline_id
-    if provider.restart(record):
-        wait_for(provider, record, plan.settings.health_timeout, store=plan.store)
-        plan.store.event(pipeline_id, "restarted", gone=missing)
-        log.warning("environment %s started again on its data: %s", pipeline_id, missing)
+    if not missing:
+        if not recreate:
+            return True
+        try:  # asked to replace it unless it serves: check that it does
+            wait_for(provider, record, plan.settings.health_timeout, store=plan.store)
+        except EnvkitError as exc:
+            log.warning("environment %s runs but is unhealthy (%s): recreating", pipeline_id, exc)
+            return False
         return True
+    if provider.restart(record):
+        try:
+            wait_for(provider, record, plan.settings.health_timeout, store=plan.store)
+        except EnvkitError as exc:  # it runs, but its data does not serve
+            missing = [*missing, f"started again, then: {exc.message.splitlines()[0]}"]
+        else:
+            plan.store.event(pipeline_id, "restarted", gone=missing)
+            log.warning("environment %s started again on its data: %s", pipeline_id, missing)
+            return True
     if record.status is Status.PRESERVED and not recreate:
         raise ProvisionError(
             f"Environment {pipeline_id!r} is preserved, but {'; '.join(missing)}, and it cannot "
-            "be started again on its data.",
-            hint=f"'envkit up {pipeline_id} --recreate' replaces it with a new, empty one (the "
-            f"kept data is lost); 'envkit down {pipeline_id}' removes it.",
+            "be used again on its data.",
+            hint=f"'envkit up {pipeline_id} --recreate' replaces it with a new one (the kept "
+            f"data is lost); 'envkit down {pipeline_id}' removes it.",
         )
     log.warning("environment %s: %s; recreating it", pipeline_id, "; ".join(missing))
     return False

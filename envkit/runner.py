@@ -309,9 +309,7 @@ def debug_instructions(record: Record, *, show_secrets: bool = False) -> list[st
                 f"            password hidden; load every output with: "
                 f'eval "$(envkit outputs {pid} --format env --show-secrets)"'
             )
-    env_dir = record.resources.get("env_dir")
-    if env_dir:
-        lines.append(f"  logs:     {os.path.join(str(env_dir), 'logs')}{os.sep}")
+    lines.append(f"  logs:     envkit logs {pid}")
     lines.append(f"  extend:   envkit extend {pid} --ttl 24h   (or: envkit up {pid} --ttl 24h)")
     lines.append(f"  destroy:  envkit down {pid}")
     lines.append(f"  history:  envkit history {pid}")

@@ -66,8 +66,8 @@ def _path(value: str) -> Path:
 # it is a ConfigError naming the variable, the option and the range (exit 2, nothing created).
 MAX_SCALE = 1000.0
 """The largest ``--scale``: the shipped dataset is 10,000 rows at 1, so 1000 is 10 million rows,
-about a minute of loading at the ~240k rows/s measured and gigabytes of data: beyond any test
-fixture (and ``/dev/shm``). Above it a typo (``1e9``) would run for hours."""
+about a minute of loading and gigabytes of data: beyond any test fixture (and ``/dev/shm``).
+Above it a typo (``1e9``) would run for hours."""
 MAX_TIMEOUT = 24 * 3600.0
 """The longest lock or health timeout, in seconds: a CI job that waits a day is stuck."""
 MAX_SPARES = 64

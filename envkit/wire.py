@@ -2,10 +2,11 @@
 
 ``envkit up`` talks to its new server twice: once as the superuser over the private unix socket
 (trust) to turn the template's placeholder role into the pipeline's, once as that role over TCP
-(SCRAM-SHA-256) to check it is healthy. Spawning ``psql`` for each cost ~11 ms of CPU more than
-an in-process client (measured: 16.3 against 5.6 ms per connect + ``SELECT 1``, backend
-included), and importing psycopg costs ~0.1 s: on two cores running eight ups at once, both
-show. This module speaks just enough of the protocol for that: startup, trust or SCRAM-SHA-256
+(SCRAM-SHA-256) to check it is healthy. Spawning ``psql`` for each costs several times the CPU
+of an in-process client, and importing psycopg costs about a tenth of a second: on two cores
+running eight ups at once, both show (figures: docs/benchmarks.md).
+
+This module speaks just enough of the protocol for that: startup, trust or SCRAM-SHA-256
 authentication (the server must prove it knows the password before it is believed; cleartext and
 MD5 requests are refused, as they would hand the password to whatever listens on the port), the
 simple query protocol, and errors with their SQLSTATE. No TLS: other servers are reached with

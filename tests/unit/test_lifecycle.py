@@ -219,3 +219,26 @@ def test_environment_destroys_or_preserves_one_it_created(
         raise RuntimeError("a test failed")
     record = plan(settings).store.load("kept")
     assert record is not None and record.status is Status.PRESERVED
+
+
+def test_a_preserved_environment_restarted_but_unhealthy_is_refused_then_recreated(
+        fake: FakeProvider, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    lifecycle.up(plan(settings))
+    lifecycle.down(plan(settings), preserve=True)
+    fake.running.clear()
+
+    healthy = lifecycle.wait_for
+
+    def unhealthy(provider: Any, record: Record, *args: Any, **kwargs: Any) -> Any:
+        if record.status is Status.PRESERVED:  # the kept data is broken; a new one serves
+            raise ProvisionError("database: its data does not serve")
+        return healthy(provider, record, *args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "wait_for", unhealthy)
+    with pytest.raises(ProvisionError, match="--recreate") as refused:
+        lifecycle.up(plan(settings))
+    assert "does not serve" in refused.value.message
+    # It was started again (it runs) but does not serve: --recreate replaces it.
+    record = lifecycle.up(plan(settings), recreate=True)
+    assert record.status is Status.READY
+    assert fake.calls[-2:] == [("destroy", "p1"), ("provision", "p1")]

@@ -11,9 +11,9 @@ to what the file system can spare. After ``DEMAND_MEMORY`` without pressure the 
 to the resting size and ``trim`` (run by ``envkit reap``) drops the surplus. A resting size of 0
 turns the pool off: every ``up`` copies the template itself, nothing is refilled.
 
-Why: on two cores, eight parallel ``up``s that each have to copy 27 MB spend ~20 % of their CPU
-on the copy; a pool sized to the burst moves that work to the idle time after it (measured in
-bench/bench_lifecycle.py).
+Why: parallel ``up``s that each have to copy a template spend a good share of their CPU on the
+copy; a pool sized to the burst moves that work to the idle time after it
+(bench/bench_lifecycle.py measures it).
 """
 
 from __future__ import annotations
@@ -50,9 +50,8 @@ MAX_SHARE_OF_FREE = 0.25
 # util-linux lacks chrt. Before each copy it waits (up to ~2 s) for the machine to be quiet: at
 # most half the CPUs' worth of runnable tasks (itself included; 1 on two cores) in two readings
 # of /proc/loadavg 50 ms apart, looking again every 200 ms while busy (every look costs a
-# ~0.8 ms ``sleep`` exec, CPU the ups it waits for would otherwise have). Even at idle
-# priority, copies made while ups run slowed a burst of eight parallel ups by 18 %
-# (1.055 -> 0.866 s with refills held, measured): the copy's kernel work and memory traffic
+# ``sleep`` exec, CPU the ups it waits for would otherwise have). Even at idle priority, copies
+# made while ups run slow a burst of parallel ups: the copy's kernel work and memory traffic
 # are not preempted the instant an up wakes.
 # Arguments: the pool, the template, the target when started, a unique nonce, the base size,
 # the cap and the number of CPUs. The target is re-read every round (misses recorded after the
@@ -218,7 +217,7 @@ def affordable(template: Path, spares: Path) -> int:
 
 
 def template_bytes(template: Path, spares: Path) -> int:
-    """The size of one copy, measured once per pool (``.bytes``; a template never changes)."""
+    """The size of one copy, summed once per pool (``.bytes``; a template never changes)."""
     cache = spares / ".bytes"
     with contextlib.suppress(OSError, ValueError):
         return int(cache.read_text())

@@ -50,8 +50,8 @@ def trim(datadir: Path, install: PgInstall) -> None:
     """Drop what a stopped template does not need and every copy (one per server) would pay for.
 
     - Free-space-map forks: hint data PostgreSQL treats a missing fork as "no known free space"
-      for and VACUUM rebuilds (it is not even WAL-logged). A quarter of a template's files and
-      3.7 of its 36 MB: 55 -> 40 ms per copy here, measured.
+      for and VACUUM rebuilds (it is not even WAL-logged): a quarter of a template's files,
+      which every copy would pay for.
     - WAL segments other than the one holding the shutdown checkpoint: after a clean stop the
       others are old or recycled for reuse, and the server creates segments as it needs them.
       4 of a template's 31 MB.
