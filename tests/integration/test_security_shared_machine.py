@@ -360,10 +360,27 @@ def test_reap_dry_run_changes_no_file(cli_env: dict[str, str], tmp_path: Path) -
 def cli_as(user: pwd.struct_passwd, argv: list[str], env: dict[str, str]) -> tuple[int, str]:
     """``envkit ARGV`` run in a forked child that dropped to ``user`` (this interpreter lives
     under root's home, which other users cannot execute); its exit code and output."""
-    import envkit.reaper  # noqa: F401  (loaded before the child loses access to them)
+    import tempfile
+
     from envkit.cli import main
     from envkit.cli.render import error_console
 
+    # The child cannot read this interpreter's files (a venv under a private directory), so
+    # every module the command imports lazily is loaded here first: the same command, run
+    # once on a scratch home, and the error renderer.
+    with tempfile.TemporaryDirectory() as scratch:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update({k: os.path.join(scratch, k.lower()) for k in env})
+        try:
+            main(argv)
+        except SystemExit:
+            pass
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
     error_console().print("[bold red]Error:[/] (loading the renderer)", highlight=False)
 
     read, write = os.pipe()
@@ -375,6 +392,7 @@ def cli_as(user: pwd.struct_passwd, argv: list[str], env: dict[str, str]) -> tup
             os.dup2(write, 1)
             os.dup2(write, 2)
             sys.stdout = sys.stderr = open(write, "w", closefd=False)  # noqa: SIM115
+            os.chdir("/")  # not the checkout: the child may not read its pyproject.toml
             os.setgroups([])
             os.setgid(user.pw_gid)
             os.setuid(user.pw_uid)
