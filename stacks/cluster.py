@@ -99,6 +99,18 @@ class Cluster(pulumi.ComponentResource):
         aws.iam.RolePolicyAttachment(
             f"{name}-execution-policy", role=role.name, policy_arn=EXECUTION_POLICY, opts=child
         )
+        referenced = [v for service in args.services for v in service.secrets.values()]
+        if referenced:
+            # The managed policy above has no secretsmanager/ssm/kms: without this a task whose
+            # definition references secrets stops with ResourceInitializationError.
+            aws.iam.RolePolicy(
+                f"{name}-execution-secrets",
+                role=role.name,
+                policy=pulumi.Output.from_input(referenced).apply(
+                    lambda arns: secrets_policy(arns, args.region)
+                ),
+                opts=child,
+            )
         logs = aws.cloudwatch.LogGroup(
             f"{name}-logs",
             name=f"/envkit/{aws_name(pid, limit=AWS_NAME_LIMIT)}",
@@ -135,10 +147,11 @@ class Cluster(pulumi.ComponentResource):
     ) -> None:
         pid = args.pipeline_id
         full = aws_name(pid, service.name, limit=AWS_NAME_LIMIT)
-        env_names = sorted(service.env)
-        definitions = pulumi.Output.all(logs.name, *[service.env[k] for k in env_names]).apply(
-            lambda values: _container_definitions(service, args.region, values[0], values[1:])
-        )
+        definitions = pulumi.Output.all(
+            logs.name,
+            pulumi.Output.from_input(dict(service.env)),
+            pulumi.Output.from_input(dict(service.secrets)),
+        ).apply(lambda v: _container_definitions(service, args.region, v[0], v[1], v[2]))
         task = aws.ecs.TaskDefinition(
             f"{name}-{service.name}-task",
             family=full,
@@ -182,7 +195,11 @@ class Cluster(pulumi.ComponentResource):
             propagate_tags="SERVICE",  # the tasks carry the envkit tags too
             enable_ecs_managed_tags=True,
             force_delete=True,  # delete without scaling to zero first
-            wait_for_steady_state=False,  # readiness is envkit's job (boto3 waiters)
+            # `up` succeeds only once the tasks run; the circuit breaker fails a deployment
+            # whose tasks keep stopping (a bad image, no egress) instead of looping until the
+            # timeout.
+            wait_for_steady_state=True,
+            deployment_circuit_breaker={"enable": True, "rollback": False},
             tags={},
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[capacity])),
         )
@@ -191,10 +208,55 @@ class Cluster(pulumi.ComponentResource):
         )
 
 
+def secret_resource(value_from: str, region: str) -> str:
+    """The IAM resource of an ECS ``valueFrom``: a Secrets Manager ARN without its JSON-key
+    suffix, an SSM parameter ARN, or an SSM parameter name of this region."""
+    if value_from.startswith("arn:"):
+        parts = value_from.split(":")
+        return ":".join(parts[:7]) if parts[2] == "secretsmanager" else value_from
+    return f"arn:aws:ssm:{region}:*:parameter/{value_from.lstrip('/')}"
+
+
+def secrets_policy(value_froms: Sequence[str], region: str) -> str:
+    """An execution-role policy reading exactly the referenced secrets and parameters."""
+    resources = sorted({secret_resource(v, region) for v in value_froms})
+    managers = [r for r in resources if ":secretsmanager:" in r]
+    parameters = [r for r in resources if ":ssm:" in r]
+    statements: list[dict[str, Any]] = []
+    if managers:
+        statements.append(
+            {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": managers}
+        )
+    if parameters:
+        statements.append(
+            {"Effect": "Allow", "Action": ["ssm:GetParameters"], "Resource": parameters}
+        )
+    # Customer-managed keys of those secrets: decrypt only through these two services.
+    statements.append(
+        {
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt"],
+            "Resource": "*",
+            "Condition": {
+                "StringEquals": {
+                    "kms:ViaService": [
+                        f"secretsmanager.{region}.amazonaws.com",
+                        f"ssm.{region}.amazonaws.com",
+                    ]
+                }
+            },
+        }
+    )
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
 def _container_definitions(
-    service: ServiceArgs, region: str, log_group: str, env_values: Sequence[Any]
+    service: ServiceArgs,
+    region: str,
+    log_group: str,
+    env: dict[str, Any],
+    secrets: dict[str, Any],
 ) -> str:
-    env_names = sorted(service.env)
     return json.dumps(
         [
             {
@@ -202,12 +264,8 @@ def _container_definitions(
                 "image": service.image,
                 "essential": True,
                 "portMappings": [{"containerPort": service.port, "protocol": "tcp"}],
-                "environment": [
-                    {"name": k, "value": str(v)} for k, v in zip(env_names, env_values, strict=True)
-                ],
-                "secrets": [
-                    {"name": k, "valueFrom": v} for k, v in sorted(service.secrets.items())
-                ],
+                "environment": [{"name": k, "value": str(v)} for k, v in sorted(env.items())],
+                "secrets": [{"name": k, "valueFrom": str(v)} for k, v in sorted(secrets.items())],
                 "logConfiguration": {
                     "logDriver": "awslogs",
                     "options": {

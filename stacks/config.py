@@ -15,6 +15,22 @@ from envkit.spec_model import output_key
 ROLE_PIPELINE = "pipeline"
 ROLE_BASE = "base"
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
+EGRESS_MODES = ("public", "nat", "endpoints")
+
+
+def fargate_memory_choices(cpu: int) -> tuple[int, ...]:
+    """The memory sizes (MiB) Fargate accepts with ``cpu`` units; empty for an unknown cpu."""
+    gib = 1024
+    table: dict[int, tuple[int, ...]] = {
+        256: (512, 1024, 2048),
+        512: tuple(range(1 * gib, 4 * gib + 1, gib)),
+        1024: tuple(range(2 * gib, 8 * gib + 1, gib)),
+        2048: tuple(range(4 * gib, 16 * gib + 1, gib)),
+        4096: tuple(range(8 * gib, 30 * gib + 1, gib)),
+        8192: tuple(range(16 * gib, 60 * gib + 1, 4 * gib)),
+        16384: tuple(range(32 * gib, 120 * gib + 1, 8 * gib)),
+    }
+    return table.get(cpu, ())
 
 
 @dataclass(frozen=True)
@@ -33,7 +49,7 @@ class ServiceArgs:
     cpu: int = 256
     memory: int = 512
     env: Mapping[str, Any] = field(default_factory=dict)
-    secrets: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, Any] = field(default_factory=dict)
     desired_count: int = 1
 
     def __post_init__(self) -> None:
@@ -41,6 +57,17 @@ class ServiceArgs:
             raise ValueError(
                 f"service name {self.name!r}: use 1-32 lower-case letters, digits and '-', "
                 "starting with a letter"
+            )
+        choices = fargate_memory_choices(self.cpu)
+        if self.memory not in choices:
+            raise ValueError(
+                f"service {self.name!r}: Fargate has no size with cpu={self.cpu} and "
+                f"memory={self.memory}; "
+                + (
+                    f"with cpu={self.cpu} memory is one of {', '.join(map(str, choices))} MiB"
+                    if choices
+                    else "cpu is one of 256, 512, 1024, 2048, 4096, 8192, 16384"
+                )
             )
 
     @property
@@ -67,8 +94,15 @@ class StackConfig:
     instance_class: str = "db.t4g.micro"
     allocated_storage: int = 20
     spot: bool = False  # run services on FARGATE_SPOT (cheaper, may be interrupted)
+    # How tasks reach ECR, CloudWatch Logs and the internet: "public" (public subnets and a
+    # public IP per task), "nat" (one NAT gateway), "endpoints" (VPC endpoints, ECR images only).
+    egress: str = "public"
     services: tuple[ServiceArgs, ...] = ()
     db_password: Any = None  # a secret Output from config; generated when None
+
+    def __post_init__(self) -> None:
+        if self.egress not in EGRESS_MODES:
+            raise ValueError(f"egress {self.egress!r}: use one of {', '.join(EGRESS_MODES)}")
 
     def tags(self) -> dict[str, str]:
         """The envkit tags every resource of the stack carries (values AWS accepts)."""
@@ -90,6 +124,7 @@ class StackConfig:
             "instanceClass": self.instance_class,
             "allocatedStorage": str(self.allocated_storage),
             "spot": json.dumps(self.spot),
+            "egress": self.egress,
             "services": json.dumps([_plain_service(s) for s in self.services]),
         }
         if self.base_stack:
@@ -119,6 +154,7 @@ class StackConfig:
             instance_class=get.get("instanceClass", "db.t4g.micro"),
             allocated_storage=int(get.get("allocatedStorage", "20")),
             spot=json.loads(get.get("spot", "false")),
+            egress=get.get("egress", "public"),
             services=tuple(ServiceArgs(**s) for s in json.loads(get.get("services", "[]"))),
             db_password=db_password,
         )
@@ -128,5 +164,5 @@ def _plain_service(service: ServiceArgs) -> dict[str, Any]:
     data = asdict(service)
     # Stack config holds text only; Output-valued env entries are wired by the program itself.
     data["env"] = {k: v for k, v in service.env.items() if isinstance(v, str)}
-    data["secrets"] = dict(service.secrets)
+    data["secrets"] = {k: v for k, v in service.secrets.items() if isinstance(v, str)}
     return data

@@ -1,5 +1,16 @@
-"""The network of an environment: VPC, private subnets in two AZs, optional public ones, and a
-security group admitting PostgreSQL only from inside the VPC (and an optional CI CIDR)."""
+"""The network of an environment: VPC, private subnets in two AZs, public ones when egress or
+the database need them, the egress path of the tasks, and a security group admitting PostgreSQL
+only from inside the VPC (and an optional CI CIDR).
+
+Egress (``NetworkArgs.egress``) decides how Fargate tasks reach ECR, CloudWatch Logs and the
+rest of the internet; without one they fail with ``CannotPullContainerError``:
+
+* ``public`` — an internet gateway, public subnets, a public IP per task (no hourly network cost
+  beyond AWS's public-IPv4 charge per task);
+* ``nat`` — tasks in private subnets behind one NAT gateway in the first zone (hourly + per GB);
+* ``endpoints`` — no internet: interface endpoints for ECR (api, dkr), CloudWatch Logs, Secrets
+  Manager and SSM, and an S3 gateway endpoint (images must come from ECR).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +24,9 @@ import pulumi_aws as aws
 from envkit.naming import AWS_NAME_LIMIT, aws_name
 
 POSTGRES_PORT = 5432
+# Interface endpoints a Fargate task needs to start without internet: image pulls, logs, and
+# the secrets its task definition references.
+INTERFACE_ENDPOINTS = ("ecr.api", "ecr.dkr", "logs", "secretsmanager", "ssm")
 
 
 @dataclass(frozen=True)
@@ -24,6 +38,8 @@ class NetworkArgs:
     availability_zones: tuple[str, ...] = ()  # empty: the region's first two available
     public: bool = False
     ci_cidr: str | None = None
+    egress: str = "public"
+    region: str = "us-east-1"  # the endpoints' service names
 
 
 def subnet_cidrs(cidr: str) -> tuple[list[str], list[str]]:
@@ -65,8 +81,12 @@ class Network(pulumi.ComponentResource):
         if args.availability_zones:
             zones = list(args.availability_zones)
         else:
+            # Local and Wavelength Zones are opt-in: without the filter an account that opted in
+            # gets one as a "first available zone", where RDS and Fargate do not run.
             zones = aws.get_availability_zones_output(
-                state="available", opts=pulumi.InvokeOutputOptions(parent=self)
+                state="available",
+                filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
+                opts=pulumi.InvokeOutputOptions(parent=self),
             ).names
         zone_list = pulumi.Output.from_input(zones)
         private_cidrs, public_cidrs = subnet_cidrs(args.cidr)
@@ -83,7 +103,7 @@ class Network(pulumi.ComponentResource):
             for i, block in enumerate(private_cidrs)
         ]
         public: list[aws.ec2.Subnet] = []
-        if args.public:
+        if args.public or args.egress in ("public", "nat"):
             gateway = aws.ec2.InternetGateway(
                 f"{name}-igw", vpc_id=vpc.id, tags={"Name": base}, opts=child
             )
@@ -108,6 +128,8 @@ class Network(pulumi.ComponentResource):
                     f"{name}-public-{i}", subnet_id=subnet.id, route_table_id=table.id, opts=child
                 )
                 public.append(subnet)
+        if args.egress in ("nat", "endpoints"):
+            self._private_egress(name, base, args, vpc, private, public, child)
         admitted = [args.cidr] + ([args.ci_cidr] if args.ci_cidr else [])
         group = aws.ec2.SecurityGroup(
             f"{name}-sg",
@@ -159,6 +181,74 @@ class Network(pulumi.ComponentResource):
                 "security_group_id": self.security_group_id,
             }
         )
+
+    def _private_egress(
+        self,
+        name: str,
+        base: str,
+        args: NetworkArgs,
+        vpc: aws.ec2.Vpc,
+        private: list[aws.ec2.Subnet],
+        public: list[aws.ec2.Subnet],
+        child: pulumi.ResourceOptions,
+    ) -> None:
+        """The route out of the private subnets: one NAT gateway, or VPC endpoints."""
+        routes: list[dict[str, pulumi.Input[str]]] = []
+        if args.egress == "nat":
+            address = aws.ec2.Eip(f"{name}-nat-ip", domain="vpc", tags={"Name": base}, opts=child)
+            nat = aws.ec2.NatGateway(
+                f"{name}-nat",
+                allocation_id=address.id,
+                subnet_id=public[0].id,
+                tags={"Name": base},
+                opts=child,
+            )
+            routes.append({"cidr_block": "0.0.0.0/0", "nat_gateway_id": nat.id})
+        table = aws.ec2.RouteTable(
+            f"{name}-private",
+            vpc_id=vpc.id,
+            routes=routes,
+            tags={"Name": f"{base}-private"},
+            opts=child,
+        )
+        for i, subnet in enumerate(private):
+            aws.ec2.RouteTableAssociation(
+                f"{name}-private-{i}", subnet_id=subnet.id, route_table_id=table.id, opts=child
+            )
+        if args.egress != "endpoints":
+            return
+        region = args.region
+        aws.ec2.VpcEndpoint(
+            f"{name}-s3",
+            vpc_id=vpc.id,
+            service_name=f"com.amazonaws.{region}.s3",
+            vpc_endpoint_type="Gateway",
+            route_table_ids=[table.id],  # ECR keeps image layers in S3
+            tags={"Name": f"{base}-s3"},
+            opts=child,
+        )
+        group = aws.ec2.SecurityGroup(
+            f"{name}-endpoints",
+            name=aws_name(args.pipeline_id, "vpce", limit=AWS_NAME_LIMIT),
+            description="envkit: HTTPS to the VPC endpoints from inside the VPC",
+            vpc_id=vpc.id,
+            ingress=[{"protocol": "tcp", "from_port": 443, "to_port": 443,
+                      "cidr_blocks": [args.cidr], "description": "HTTPS"}],
+            tags={"Name": f"{base}-vpce"},
+            opts=child,
+        )  # fmt: skip
+        for service in INTERFACE_ENDPOINTS:
+            aws.ec2.VpcEndpoint(
+                f"{name}-{service.replace('.', '-')}",
+                vpc_id=vpc.id,
+                service_name=f"com.amazonaws.{region}.{service}",
+                vpc_endpoint_type="Interface",
+                private_dns_enabled=True,
+                subnet_ids=[s.id for s in private],
+                security_group_ids=[group.id],
+                tags={"Name": f"{base}-{service}"},
+                opts=child,
+            )
 
 
 @dataclass(frozen=True)

@@ -235,3 +235,95 @@ def test_provider_alive_and_probes_use_boto3_against_the_same_server(
     assert {r.name for r in report.results} == {"aws-rds", "aws-ecs"}
     cloudsweep.sweep(region=REGION, dry_run=False, now=NOW, pipeline_id="pr-7")
     assert provider.gone(record)
+
+
+def _dependency_violation() -> Exception:
+    from botocore.exceptions import ClientError
+
+    error = {"Error": {"Code": "DependencyViolation", "Message": "has dependencies"}}
+    return ClientError(error, "DeleteVpc")  # type: ignore[arg-type]
+
+
+def test_a_tagged_type_without_a_deleter_is_skipped_not_a_failure(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defect 6: ECS tasks carry the tags through propagate_tags and have no delete call.
+    create_environment(aws, "pr-9", NOW - timedelta(hours=1))
+    task = "arn:aws:ecs:us-east-1:123456789012:task/envkit-pr-9/0123456789abcdef"
+    discover = cloudsweep._discover
+
+    def with_task(session: Any, pipeline_id: str | None) -> Any:
+        yield from discover(session, pipeline_id)
+        yield cloudsweep._Found(task, {"envkit:pipeline-id": "pr-9"})
+
+    monkeypatch.setattr(cloudsweep, "_discover", with_task)
+    report = cloudsweep.sweep(region=REGION, dry_run=False, now=NOW, pipeline_id="pr-9")
+    assert report.errors == []
+    assert report.skipped[0]["resources"] == [task]
+    assert "stops when its ECS service is deleted" in report.skipped[0]["reason"]
+    assert inventory(aws)["vpcs"] == set()
+
+
+def test_the_sweep_goes_on_in_waves_until_a_slow_dependency_clears(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defect 6: ENIs take longer to go than a fixed retry budget; waves run to the deadline.
+    create_environment(aws, "pr-8", NOW - timedelta(hours=1))
+    real, failures = cloudsweep._DELETERS["ec2:vpc"], [0]
+
+    def slow_vpc(session: Any, found: Any) -> None:
+        if failures[0] < 15:
+            failures[0] += 1
+            raise _dependency_violation()
+        real(session, found)
+
+    monkeypatch.setitem(cloudsweep._DELETERS, "ec2:vpc", slow_vpc)
+    monkeypatch.setattr(cloudsweep, "DEADLINE", 60.0, raising=False)
+    report = cloudsweep.sweep(region=REGION, dry_run=False, now=NOW, pipeline_id="pr-8")
+    assert report.errors == [] and failures[0] == 15
+    assert inventory(aws)["vpcs"] == set()
+
+
+def test_the_sweep_stops_at_its_deadline_and_reports_what_is_left(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_environment(aws, "pr-7", NOW - timedelta(hours=1))
+
+    def never(session: Any, found: Any) -> None:
+        raise _dependency_violation()
+
+    monkeypatch.setitem(cloudsweep._DELETERS, "ec2:vpc", never)
+    monkeypatch.setattr(cloudsweep, "DEADLINE", 0.3, raising=False)
+    monkeypatch.setattr(cloudsweep, "RETRY_DELAYS", (0.05,))
+    report = cloudsweep.sweep(region=REGION, dry_run=False, now=NOW, pipeline_id="pr-7")
+    (error,) = report.errors
+    assert "DependencyViolation" in error["error"] and error["resources"][0].endswith(
+        error["resources"][0].rsplit("/", 1)[-1]
+    )
+    assert inventory(aws)["dbs"] == set()  # everything else went
+
+
+def test_rds_in_a_state_where_waiting_does_not_help_is_an_error(aws: Any) -> None:
+    # Defect 7: InvalidDBInstanceState was swallowed for every state, then waited on.
+    from unittest import mock
+
+    from botocore.exceptions import ClientError
+
+    session = mock.Mock()
+    rds = session.client.return_value
+    rds.delete_db_instance.side_effect = ClientError(
+        {"Error": {"Code": "InvalidDBInstanceState", "Message": "x"}},  # type: ignore[typeddict-item]
+        "DeleteDBInstance",
+    )
+    found = cloudsweep._Found("arn:aws:rds:us-east-1:123456789012:db:envkit-pr-6-db", {})
+    for state, outcome in (("failed", "error"), ("modifying", "retry"), ("deleting", "wait")):
+        rds.describe_db_instances.return_value = {"DBInstances": [{"DBInstanceStatus": state}]}
+        rds.get_waiter.reset_mock()
+        if outcome == "wait":
+            cloudsweep._rds_db(session, found)
+            rds.get_waiter.assert_called_once_with("db_instance_deleted")
+            continue
+        with pytest.raises(Exception) as info:
+            cloudsweep._rds_db(session, found)
+        assert (cloudsweep._code(info.value) == "InvalidDBInstanceState") == (outcome == "retry")
+        rds.get_waiter.assert_not_called()

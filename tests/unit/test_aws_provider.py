@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from envkit.errors import LockedError, PrerequisiteError, ProvisionError, TeardownError
+from envkit.errors import (
+    ConfigError,
+    LockedError,
+    PrerequisiteError,
+    ProvisionError,
+    TeardownError,
+)
 from envkit.providers import ProvisionRequest
 from envkit.providers.aws.automation import AutomationFailure, StackLocked, StackMissing, translate
 from envkit.providers.aws.prerequisites import find_pulumi_cli, secrets_config
@@ -30,16 +37,58 @@ OUTPUTS = {
 }
 
 
+class Backend:
+    """What a Pulumi backend keeps: state (outputs, pending operations) and locks, shared by
+    every runner; DIY backends (file://, s3://) have no stack tags, as `SupportsTags()` says."""
+
+    def __init__(self, url: str = "file:///state") -> None:
+        self.url = url
+        self.states: dict[str, dict[str, Any]] = {}
+        self.locks: dict[str, str] = {}  # stack -> the holder line of the DIY lock message
+
+    def lock_message(self, name: str) -> str:
+        return (
+            "the stack is currently locked by 1 lock(s). Either wait for the other process(es) "
+            "to end or delete the lock file with `pulumi cancel`.\n"
+            f"  {self.url}/.pulumi/locks/organization/envkit/{name}/x.json: {self.locks[name]}"
+        )
+
+
+def lock_line(host: str, pid: int, at: str = "2030-01-01T00:00:00Z") -> str:
+    return f"created by ci@{host} (pid {pid}) at {at}"
+
+
 class FakeStack:
-    def __init__(self, name: str, script: list[Any]) -> None:
+    """One runner's handle: config on this runner's disk, state and lock in the backend."""
+
+    def __init__(self, name: str, script: list[Any], backend: Backend) -> None:
         self.name = name
+        self.backend = backend
         self.config: dict[str, tuple[str, bool]] = {}
         self.tags: dict[str, str] = {}
         self.calls: list[str] = []
+        self.inputs: list[dict[str, str]] = []
         self.script = script  # exceptions (or None) to raise from up/destroy, in order
-        self.state: dict[str, Any] = {"version": 3, "deployment": {"resources": []}}
+        backend.states.setdefault(name, {"version": 3, "deployment": {"resources": []}})
+        self.last_locked = ""
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self.backend.states[self.name]
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        self.backend.states[self.name] = value
+
+    def _locked(self, what: str) -> None:
+        # Every operation that writes the state takes the backend lock (import included).
+        if self.name in self.backend.locks:
+            self.calls.append(f"{what}!locked")
+            self.last_locked = self.backend.lock_message(self.name)
+            raise StackLocked(self.last_locked)
 
     def _step(self, what: str) -> None:
+        self._locked(what)
         self.calls.append(what)
         if self.script:
             failure = self.script.pop(0)
@@ -49,43 +98,74 @@ class FakeStack:
     def get_config(self, key: str) -> str | None:
         return self.config.get(key, (None, False))[0]
 
+    def get_all_config(self) -> dict[str, str]:
+        return {k: v for k, (v, _) in self.config.items()}
+
     def set_config(self, values: Mapping[str, tuple[str, bool]]) -> None:
         self.config.update(values)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        if not self.backend.url.startswith(("https://", "http://")):
+            raise AutomationFailure("error: the current backend does not support stack tags")
         self.tags.update(tags)
 
-    def up(self, progress: Any) -> dict[str, Any]:
+    def outputs(self) -> dict[str, Any]:
+        return dict(self.state.get("outputs") or {})
+
+    def up(self, progress: Any, inputs: Mapping[str, str] | None = None) -> dict[str, Any]:
         progress("create aws:rds/instance:Instance database-instance")
         self._step("up")
-        return dict(OUTPUTS)
+        self.inputs.append(dict(inputs or {}))
+        outputs = {**OUTPUTS, "DATABASE_PASSWORD": (inputs or {}).get("db_password", "pw")}
+        self.state = {**self.state, "outputs": outputs}
+        return outputs
 
-    def refresh(self, progress: Any) -> None:
-        self.calls.append("refresh")
+    def refresh(self, progress: Any, *, clear_pending_creates: bool = False) -> None:
+        self._locked("refresh")
+        self.calls.append("refresh:clear" if clear_pending_creates else "refresh")
+        if clear_pending_creates:
+            deployment = dict(self.state["deployment"])
+            deployment["pending_operations"] = [
+                op
+                for op in deployment.get("pending_operations") or []
+                if op.get("type") != "creating"
+            ]
+            self.state = {**self.state, "deployment": deployment}
 
     def destroy(self, progress: Any) -> None:
         self._step("destroy")
 
     def cancel(self) -> None:
         self.calls.append("cancel")
+        self.backend.locks.pop(self.name, None)
+
+    def lock_holders(self) -> list[Any]:
+        from envkit.providers.aws.automation import lock_holders_in
+
+        return lock_holders_in(self.last_locked)
 
     def export_state(self) -> dict[str, Any]:
-        return self.state
+        return self.state  # a read: no lock
 
     def import_state(self, state: Mapping[str, Any]) -> None:
+        self._locked("import")
         self.calls.append("import")
         self.state = dict(state)
 
 
 class FakeAutomation:
-    def __init__(self, script: list[Any] | None = None, exists: bool = True) -> None:
+    def __init__(
+        self, script: list[Any] | None = None, exists: bool = True, backend: Backend | None = None
+    ) -> None:
         self.stacks: dict[str, FakeStack] = {}
         self.script = script or []
         self.exists = exists
         self.removed: list[str] = []
+        self.backend = backend or Backend()
+        self.supports_tags = self.backend.url.startswith(("https://", "http://"))
 
     def create_or_select(self, stack_name: str) -> FakeStack:
-        return self.stacks.setdefault(stack_name, FakeStack(stack_name, self.script))
+        return self.stacks.setdefault(stack_name, FakeStack(stack_name, self.script, self.backend))
 
     def select(self, stack_name: str) -> FakeStack:
         if not self.exists:
@@ -129,11 +209,14 @@ def request(pipeline_id: str = "pr-42") -> tuple[ProvisionRequest, list[str]]:
 def test_up_creates_the_stack_named_after_the_pipeline_with_config_tags_and_progress(
     tmp_path: Path,
 ) -> None:
-    automation = FakeAutomation()
+    automation = FakeAutomation(backend=Backend("https://api.pulumi.com"))
     req, steps = request()
     outputs = provider(tmp_path, automation).provision(req)
     stack = automation.stacks["pr-42"]
-    assert outputs == {k: v for k, v in OUTPUTS.items() if k.isupper()}
+    password = stack.inputs[0]["db_password"]
+    assert len(password) >= 24
+    assert outputs == {**{k: v for k, v in OUTPUTS.items() if k.isupper()},
+                       "DATABASE_PASSWORD": password}  # fmt: skip
     assert req.record.resources["stack_outputs"] == {
         "vpc_id": "vpc-1",
         "ecs_cluster": "envkit-pr-42",
@@ -141,38 +224,76 @@ def test_up_creates_the_stack_named_after_the_pipeline_with_config_tags_and_prog
     assert req.record.resources["rds_identifier"] == "envkit-pr-42-db"
     assert stack.config["envkit:pipelineId"] == ("pr-42", False)
     assert stack.config["envkit:region"] == ("eu-west-1", False)
-    password, secret = stack.config[PASSWORD_CONFIG_KEY]
-    assert secret and len(password) >= 24
     assert stack.tags["envkit:expires-at"] == "2030-01-01T04:00:00Z"
     assert stack.tags["envkit:owner"] == "ci_7 runner"  # '#' is refused in AWS tags
     assert "create aws:rds/instance:Instance database-instance" in steps
+
+
+@pytest.mark.parametrize("url", ["file:///var/state", "s3://bucket/envkit"])
+def test_diy_backends_get_no_stack_tags_and_keep_expiry_and_owner_in_config(
+    tmp_path: Path, url: str
+) -> None:
+    # Defect 1: `pulumi stack tag set` fails on DIY backends; envkit's default is file://.
+    automation = FakeAutomation(backend=Backend(url))
+    provider(tmp_path, automation).provision(request()[0])
+    stack = automation.stacks["pr-42"]
+    assert stack.tags == {} and stack.calls == ["up"]
+    assert stack.config["envkit:expiresAt"] == ("2030-01-01T04:00:00Z", False)
+    assert stack.config["envkit:owner"][0] == "ci#7 runner"
+
+
+def test_supports_tags_only_on_service_backends() -> None:
+    from envkit.providers.aws.automation import supports_tags
+
+    assert supports_tags("https://api.pulumi.com") and supports_tags("http://pulumi.corp:8080")
+    for url in ("file:///x", "s3://b", "gs://b", "azblob://c", "postgres://db"):
+        assert not supports_tags(url), url
+
+
+def test_the_password_is_never_in_config_and_a_second_runner_keeps_it(tmp_path: Path) -> None:
+    # Defects 6/7: the password reaches the program in-process (not on argv via `config
+    # set-all --secret`, not in the runner's Pulumi.<stack>.yaml); a second runner with its own
+    # disk reads it from the backend's state and does not rotate it.
+    backend = Backend()
+    first = FakeAutomation(backend=backend)
+    provider(tmp_path / "a", first).provision(request()[0])
+    stack = first.stacks["pr-42"]
+    password = stack.inputs[0]["db_password"]
+    assert PASSWORD_CONFIG_KEY not in stack.config
+    assert all(password not in value for value, _ in stack.config.values())
+    second = FakeAutomation(backend=backend)
+    provider(tmp_path / "b", second).provision(request()[0])
+    assert second.stacks["pr-42"].inputs[0]["db_password"] == password
 
 
 def test_up_again_selects_the_stack_and_keeps_its_password(tmp_path: Path) -> None:
     automation = FakeAutomation()
     aws = provider(tmp_path, automation)
     aws.provision(request()[0])
-    first = automation.stacks["pr-42"].config[PASSWORD_CONFIG_KEY]
     aws.provision(request()[0])
-    assert automation.stacks["pr-42"].config[PASSWORD_CONFIG_KEY] == first
-    assert automation.stacks["pr-42"].calls == ["up", "up"]
+    stack = automation.stacks["pr-42"]
+    assert stack.inputs[0]["db_password"] == stack.inputs[1]["db_password"]
+    assert stack.calls == ["up", "up"]
 
 
-def test_stale_lock_is_cancelled_and_up_retried_once(tmp_path: Path) -> None:
-    automation = FakeAutomation(script=[StackLocked("the stack is currently locked by 1 lock(s)")])
-    outputs = provider(tmp_path, automation).provision(request()[0])
-    assert outputs["DATABASE_HOST"] == "db.example"
-    assert automation.stacks["pr-42"].calls == ["up", "cancel", "up"]
-
-
-def test_a_lock_that_survives_cancel_is_a_locked_error(tmp_path: Path) -> None:
-    automation = FakeAutomation(script=[StackLocked("locked"), StackLocked("still locked")])
-    with pytest.raises(LockedError, match="stays locked"):
-        provider(tmp_path, automation).provision(request()[0])
-
-
-def test_pending_operations_are_cleared_before_up(tmp_path: Path, caplog: Any) -> None:
+def test_a_password_in_an_older_envkits_config_is_kept(tmp_path: Path) -> None:
     automation = FakeAutomation()
+    automation.create_or_select("pr-42").config[PASSWORD_CONFIG_KEY] = ("old-Secret_1", True)
+    provider(tmp_path, automation).provision(request()[0])
+    assert automation.stacks["pr-42"].inputs[0]["db_password"] == "old-Secret_1"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _killed_run(automation: FakeAutomation, holder: str) -> tuple[FakeStack, str]:
+    """What `kill -9` during `up` leaves: the backend lock and a pending create."""
     stack = automation.create_or_select("pr-42")
     urn = "urn:pulumi:pr-42::envkit::aws:rds/instance:Instance::database-instance"
     stack.state = {
@@ -182,8 +303,66 @@ def test_pending_operations_are_cleared_before_up(tmp_path: Path, caplog: Any) -
             "pending_operations": [{"type": "creating", "resource": {"urn": urn}}],
         },
     }
+    automation.backend.locks["pr-42"] = holder
+    return stack, urn
+
+
+def test_a_killed_run_is_recovered_lock_first_then_pending_creates(
+    tmp_path: Path, caplog: Any
+) -> None:
+    # Defect 2: importing the edited state needs the lock the killed run still holds.
+    import socket
+
+    automation = FakeAutomation()
+    stack, urn = _killed_run(automation, lock_line(socket.gethostname(), _dead_pid()))
+    outputs = provider(tmp_path, automation).provision(request()[0])
+    assert outputs["DATABASE_HOST"] == "db.example"
+    assert stack.calls == ["refresh!locked", "cancel", "refresh:clear", "up"]
+    assert stack.state["deployment"]["pending_operations"] == []
+    assert urn in caplog.text and "tag sweep" in caplog.text and "is gone" in caplog.text
+
+
+def test_a_lock_of_a_live_process_or_another_host_is_not_cancelled(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    for holder in (
+        lock_line(socket.gethostname(), os.getpid()),
+        lock_line("other-runner", 1, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")),
+        "",  # a service backend's 409 names no holder
+    ):
+        automation = FakeAutomation()
+        stack, _ = _killed_run(automation, holder)
+        with pytest.raises(LockedError, match="is locked by"):
+            provider(tmp_path, automation).provision(request()[0])
+        assert "cancel" not in stack.calls
+        assert automation.backend.locks["pr-42"] == holder
+
+
+def test_a_lock_older_than_the_bound_is_cancelled_whoever_holds_it(tmp_path: Path) -> None:
+    from envkit.providers.aws.recovery import STALE_LOCK_AGE
+
+    old = (datetime.now(UTC) - STALE_LOCK_AGE - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    automation = FakeAutomation()
+    stack, _ = _killed_run(automation, lock_line("other-runner", 1, old))
     provider(tmp_path, automation).provision(request()[0])
-    assert stack.calls == ["import", "up"]
+    assert stack.calls == ["refresh!locked", "cancel", "refresh:clear", "up"]
+
+
+def test_a_lock_that_survives_cancel_is_a_locked_error(tmp_path: Path) -> None:
+    automation = FakeAutomation(script=[StackLocked("locked"), StackLocked("still locked")])
+    stack = automation.create_or_select("pr-42")
+    stack.last_locked = lock_line("other-runner", 1, "2001-01-01T00:00:00Z")
+    with pytest.raises(LockedError, match="stays locked"):
+        provider(tmp_path, automation).provision(request()[0])
+
+
+def test_pending_operations_are_cleared_before_up(tmp_path: Path, caplog: Any) -> None:
+    automation = FakeAutomation()
+    stack, urn = _killed_run(automation, "")
+    automation.backend.locks.clear()
+    provider(tmp_path, automation).provision(request()[0])
+    assert stack.calls == ["refresh:clear", "up"]
     assert stack.state["deployment"]["pending_operations"] == []
     assert urn in caplog.text and "tag sweep" in caplog.text
 
@@ -192,12 +371,50 @@ def test_a_failed_up_is_a_provision_error_without_the_password(tmp_path: Path) -
     automation = FakeAutomation()
     aws = provider(tmp_path, automation)
     aws.provision(request()[0])
-    password = automation.stacks["pr-42"].config[PASSWORD_CONFIG_KEY][0]
+    password = automation.stacks["pr-42"].inputs[0]["db_password"]
     automation.script.append(AutomationFailure(f"error: creating RDS: password {password} bad"))
     with pytest.raises(ProvisionError) as info:
         aws.provision(request()[0])
     assert password not in str(info.value)
     assert "Pulumi up failed" in str(info.value)
+
+
+def test_settings_reach_the_stack_and_a_stack_value_no_setting_names_is_kept(
+    tmp_path: Path,
+) -> None:
+    # Defect 4: public, ci_cidr, AZs, engine, class, spot, VPC CIDR, egress are settings, and
+    # `pulumi config set envkit:public true` on the stack is not rewritten to false.
+    automation = FakeAutomation()
+    automation.create_or_select("pr-42").config["envkit:public"] = ("true", False)
+    provider(tmp_path, automation).provision(request()[0])
+    assert automation.stacks["pr-42"].config["envkit:public"] == ("true", False)
+    settings = Settings.resolve({"home": tmp_path / "home"}, env={}, cwd=tmp_path)
+    env = {
+        "AWS_REGION": "eu-west-1", "ENVKIT_AWS_PUBLIC": "false", "ENVKIT_AWS_EGRESS": "nat",
+        "ENVKIT_AWS_CI_CIDR": "203.0.113.7/32", "ENVKIT_AWS_AZS": "eu-west-1a,eu-west-1b",
+        "ENVKIT_AWS_ENGINE_VERSION": "17", "ENVKIT_AWS_INSTANCE_CLASS": "db.t4g.small",
+        "ENVKIT_AWS_SPOT": "yes", "ENVKIT_AWS_VPC_CIDR": "10.9.0.0/16",
+    }  # fmt: skip
+    aws = AwsProvider(settings, automation=automation, sweeper=FakeSweeper(), env=env)
+    aws.provision(request()[0])
+    config = {k: v for k, (v, _) in automation.stacks["pr-42"].config.items()}
+    assert config["envkit:public"] == "false" and config["envkit:egress"] == "nat"
+    assert config["envkit:ciCidr"] == "203.0.113.7/32"
+    assert config["envkit:availabilityZones"] == "eu-west-1a,eu-west-1b"
+    assert config["envkit:engineVersion"] == "17"
+    assert config["envkit:instanceClass"] == "db.t4g.small"
+    assert config["envkit:spot"] == "true" and config["envkit:vpcCidr"] == "10.9.0.0/16"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("ENVKIT_AWS_EGRESS", "vpn"), ("ENVKIT_AWS_PUBLIC", "maybe"),
+     ("ENVKIT_AWS_CI_CIDR", "1.2.3.4/40"), ("ENVKIT_AWS_AZS", "only-one")],
+)  # fmt: skip
+def test_bad_aws_settings_are_config_errors(tmp_path: Path, variable: str, value: str) -> None:
+    settings = Settings.resolve({"home": tmp_path / "home"}, env={}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match=variable):
+        AwsProvider(settings, automation=FakeAutomation(), env={variable: value})
 
 
 def test_destroy_refreshes_retries_removes_the_stack_and_sweeps_by_tag(tmp_path: Path) -> None:

@@ -46,8 +46,23 @@ class Recorder(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.resources: list[pulumi.runtime.MockResourceArgs] = []
         self.calls: list[str] = []
+        self.call_args: list[pulumi.runtime.MockCallArgs] = []
+        self.transforms: list[Any] = []
+
+    def register_transform(self, transform: Any) -> None:
+        # The mock monitor does not run stack transforms; the engine does, so run them here.
+        self.transforms.append(transform)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        for transform in self.transforms:
+            result = transform(
+                pulumi.ResourceTransformArgs(
+                    custom=True, type_=args.typ, name=args.name, props=dict(args.inputs),
+                    opts=pulumi.ResourceOptions(),
+                )
+            )  # fmt: skip
+            if result is not None:
+                args.inputs = result.props
         self.resources.append(args)
         state = dict(args.inputs)
         rid = f"{args.name}-id"
@@ -56,11 +71,14 @@ class Recorder(pulumi.runtime.Mocks):
         if args.typ == "aws:rds/instance:Instance":
             address = f"{args.inputs['identifier']}.abc123.us-east-1.rds.amazonaws.com"
             state.update(address=address, port=5432, endpoint=f"{address}:5432")
+        if args.typ == "aws:secretsmanager/secret:Secret":
+            state["arn"] = f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{args.name}-AbC"
         state.setdefault("arn", f"arn:aws:mock:us-east-1:123456789012:{args.typ}/{args.name}")
         return rid, state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         self.calls.append(args.token)
+        self.call_args.append(args)
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {"names": ["us-east-1a", "us-east-1b", "us-east-1c"], "zoneIds": []}
         return {}
@@ -307,20 +325,149 @@ def test_names_are_valid_aws_names_for_200_random_pipeline_ids() -> None:
         assert all(0 < len(label) <= 63 for label in res.inputs["name"].split("."))
 
 
-def test_service_env_placeholders_are_filled_from_stack_outputs() -> None:
-    from envkit._stacks.config import ServiceArgs
-
-    api = ServiceArgs("api", "public.ecr.aws/nginx/nginx:1.27", 8080,
-                      env={"DB": "{DATABASE_URL}", "HOSTNAME": "{DATABASE_HOST}",
-                           "KEEP": "{NOT_AN_OUTPUT}", "PLAIN": "x"})
-    mocks, _, _ = run(config(services=(api,)))
+def _definition(mocks: Recorder) -> dict[str, Any]:
     (task,) = mocks.of_type("aws:ecs/taskDefinition:TaskDefinition")
     definitions = task.inputs["containerDefinitions"]
-    # The URL carries the database password, so the whole definition is a secret: the mock
-    # engine hands it over wrapped as {<secret sig>: ..., "value": ...}.
-    assert isinstance(definitions, dict)
-    definitions = definitions["value"]
-    env = {e["name"]: e["value"] for e in json.loads(definitions)[0]["environment"]}
-    assert env["DB"].startswith("postgresql://") and "{" not in env["DB"]
+    assert isinstance(definitions, str), "a task definition must hold no secret in clear"
+    return json.loads(definitions)[0]  # type: ignore[no-any-return]
+
+
+def test_service_env_placeholders_are_filled_and_the_password_is_a_secret_reference() -> None:
+    # Defect 7: {DATABASE_URL} used to put the password in clear in the task definition.
+    from envkit._stacks.config import ServiceArgs
+
+    api = ServiceArgs(
+        "api",
+        "public.ecr.aws/nginx/nginx:1.27",
+        8080,
+        env={
+            "DB": "{DATABASE_URL}",
+            "HOSTNAME": "{DATABASE_HOST}",
+            "KEEP": "{NOT_AN_OUTPUT}",
+            "PLAIN": "x",
+        },
+    )
+    mocks, values, _ = run(config(services=(api,)))
+    container = _definition(mocks)
+    env = {e["name"]: e["value"] for e in container["environment"]}
+    assert "DB" not in env and values["DATABASE_PASSWORD"] not in json.dumps(container)
     assert env["HOSTNAME"].endswith(".rds.amazonaws.com")
     assert env["KEEP"] == "{NOT_AN_OUTPUT}" and env["PLAIN"] == "x"
+    (secret,) = mocks.of_type("aws:secretsmanager/secret:Secret")
+    assert secret.inputs["recoveryWindowInDays"] == 0
+    (db,) = container["secrets"]
+    assert db["name"] == "DB" and db["valueFrom"].endswith(":url::")
+    # Defect 5: the execution role may read exactly that secret.
+    (policy,) = mocks.of_type("aws:iam/rolePolicy:RolePolicy")
+    statements = json.loads(policy.inputs["policy"])["Statement"]
+    assert statements[0]["Action"] == ["secretsmanager:GetSecretValue"]
+    assert statements[0]["Resource"] == [db["valueFrom"].removesuffix(":url::")]
+
+
+def test_a_password_embedded_in_other_text_is_refused() -> None:
+    from envkit._stacks import program
+    from envkit._stacks.config import ServiceArgs
+
+    api = ServiceArgs("api", "nginx", 80, env={"DSN": "db={DATABASE_URL}"})
+    with pytest.raises(ValueError, match="embeds the database password"):
+        program._with_outputs(api, {}, pulumi.Output.from_input("arn:x"))
+
+
+def test_execution_role_reads_the_referenced_secrets_and_parameters() -> None:
+    # Defect 5: AmazonECSTaskExecutionRolePolicy has no secretsmanager/ssm/kms actions.
+    from envkit._stacks.config import ServiceArgs
+
+    sm = "arn:aws:secretsmanager:us-east-1:123456789012:secret:api-key-AbCdEf"
+    ssm = "arn:aws:ssm:us-east-1:123456789012:parameter/envkit/token"
+    api = ServiceArgs("api", "nginx", 80, secrets={"KEY": f"{sm}:key::", "TOKEN": ssm,
+                                                    "NAMED": "shared/flag"})  # fmt: skip
+    mocks, _, _ = run(config(services=(api,)))
+    (policy,) = mocks.of_type("aws:iam/rolePolicy:RolePolicy")
+    by_action = {s["Action"][0]: s for s in json.loads(policy.inputs["policy"])["Statement"]}
+    assert by_action["secretsmanager:GetSecretValue"]["Resource"] == [sm]
+    assert sorted(by_action["ssm:GetParameters"]["Resource"]) == [
+        "arn:aws:ssm:us-east-1:*:parameter/shared/flag", ssm,
+    ]  # fmt: skip
+    kms = by_action["kms:Decrypt"]["Condition"]["StringEquals"]["kms:ViaService"]
+    assert kms == ["secretsmanager.us-east-1.amazonaws.com", "ssm.us-east-1.amazonaws.com"]
+    # Without secrets there is no extra policy.
+    mocks, _, _ = run(config())
+    assert not mocks.of_type("aws:iam/rolePolicy:RolePolicy")
+
+
+@pytest.mark.parametrize("egress", ["public", "nat", "endpoints"])
+def test_every_egress_mode_gives_tasks_a_way_to_ecr_and_logs(egress: str) -> None:
+    # Defect 3: private subnets without NAT or endpoints and no public IP: tasks cannot start.
+    mocks, _, _ = run(config(egress=egress))
+    types = [r.typ for r in mocks.resources]
+    subnets = {r.name: r for r in mocks.of_type("aws:ec2/subnet:Subnet")}
+    services = mocks.of_type("aws:ecs/service:Service")
+    for service in services:
+        network = service.inputs["networkConfiguration"]
+        used = {name for name in subnets if f"{name}-id" in network["subnets"]}
+        if egress == "public":
+            assert network["assignPublicIp"] is True
+            assert used == {"network-public-0", "network-public-1"}
+        else:
+            assert network["assignPublicIp"] is False
+            assert used == {"network-private-0", "network-private-1"}
+        assert service.inputs["waitForSteadyState"] is True
+        assert service.inputs["deploymentCircuitBreaker"] == {"enable": True, "rollback": False}
+    assert ("aws:ec2/natGateway:NatGateway" in types) == (egress == "nat")
+    assert ("aws:ec2/internetGateway:InternetGateway" in types) == (egress != "endpoints")
+    endpoints = {r.inputs["serviceName"] for r in mocks.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")}
+    if egress == "endpoints":
+        names = ("s3", "ecr.api", "ecr.dkr", "logs", "secretsmanager", "ssm")
+        assert endpoints == {f"com.amazonaws.us-east-1.{s}" for s in names}
+    else:
+        assert not endpoints
+    if egress != "public":
+        routes = [r for r in mocks.of_type("aws:ec2/routeTable:RouteTable")
+                  if r.name == "network-private"]  # fmt: skip
+        assert routes and (egress == "endpoints") == (routes[0].inputs.get("routes") in ([], None))
+
+
+def test_zones_exclude_local_zones_that_need_an_opt_in() -> None:
+    # Defect 7: without the filter an opted-in Local Zone can be a "first available zone".
+    mocks, _, _ = run(config())
+    (call,) = [c for c in mocks.call_args if "getAvailabilityZones" in c.token]
+    assert call.args["filters"] == [{"name": "opt-in-status", "values": ["opt-in-not-required"]}]
+
+
+def test_database_settings_and_expiry_outputs_reach_the_program() -> None:
+    # Defects 1/4: public + CIDR allow-list, engine, class; expiry and owner in the state.
+    mocks, values, _ = run(config(public=True, ci_cidr="203.0.113.7/32", engine_version="17",
+                                  instance_class="db.t4g.small", services=()))  # fmt: skip
+    (instance,) = mocks.of_type("aws:rds/instance:Instance")
+    assert instance.inputs["publiclyAccessible"] is True
+    assert instance.inputs["engineVersion"] == "17"
+    assert instance.inputs["instanceClass"] == "db.t4g.small"
+    (group,) = mocks.of_type("aws:rds/subnetGroup:SubnetGroup")
+    assert group.inputs["subnetIds"] == ["network-public-0-id", "network-public-1-id"]
+    assert values["envkit_expires_at"] == "2030-01-02T03:04:05Z"
+    assert values["envkit_owner"] == "github:acme/shop/123"
+
+
+def test_fargate_cpu_memory_pairs_are_checked() -> None:
+    from envkit._stacks.config import ServiceArgs
+
+    ServiceArgs("api", "nginx", 80, cpu=1024, memory=8192)
+    with pytest.raises(ValueError, match="memory is one of 512, 1024, 2048"):
+        ServiceArgs("api", "nginx", 80, cpu=256, memory=4096)
+    with pytest.raises(ValueError, match="cpu is one of"):
+        ServiceArgs("api", "nginx", 80, cpu=300, memory=512)
+
+
+def test_pulumi_up_without_a_password_in_config_refuses_to_generate_one() -> None:
+    # Defect 7: a password generated per `pulumi up` from Pulumi.yaml rotated it every run.
+    from envkit._stacks import program
+
+    pulumi.runtime.set_mocks(Recorder(), project="envkit", stack="pr-42", preview=False)
+    pulumi.runtime.set_all_config({"envkit:pipelineId": "pr-42",
+                                   "envkit:expiresAt": "2030-01-02T03:04:05Z"})  # fmt: skip
+    try:
+        with pytest.raises(pulumi.RunError, match="envkit:dbPassword is not set"):
+            program.config_from_pulumi()
+        assert program.config_from_pulumi("given-Secret_1").db_password is not None
+    finally:
+        pulumi.runtime.set_all_config({})

@@ -5,28 +5,20 @@ recovery after a killed run.
 that create/select, up, destroy, lock and pending-operation recovery are tested without the CLI;
 :class:`PulumiAutomation` implements them over ``pulumi.automation``.
 
-Recovery after a killed run (documented in the README):
-
-* **stale lock** — a run killed mid-``up`` leaves its lock file in the backend and the next
-  operation fails with ``ConcurrentUpdateError``. envkit already holds this pipeline's own lock
-  (``ENVKIT_HOME/locks``) and pipeline IDs are unique per CI run, so a lock on the pipeline's
-  stack can only be stale: envkit logs a warning, runs ``pulumi cancel`` (which deletes the
-  lock on DIY backends too) and retries once.
-* **pending operations** — the same kill leaves ``pending_operations`` in the state: resources
-  Pulumi was creating, updating or deleting. envkit exports the state, logs each one, clears
-  them and imports it back (``pulumi stack export | edit | import``). A resource whose create
-  was pending may exist in AWS without being in the state; the tag sweep that follows every
-  destroy deletes it by its ``envkit:pipeline-id`` tag.
+Recovery after a killed run (stale lock, pending operations):
+:mod:`envkit.providers.aws.recovery`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from envkit.errors import LockedError
 from envkit.providers.aws.prerequisites import (
     default_backend,
     find_pulumi_cli,
@@ -55,6 +47,44 @@ class StackMissing(AutomationFailure):
 
 Progress = Callable[[str], None]
 
+# Schemes of the DIY backends (file, object stores, SQL): they have no stack tags
+# (`pulumi stack tag set` fails there), unlike the Pulumi Cloud / self-hosted service.
+DIY_SCHEMES = ("file://", "s3://", "gs://", "azblob://", "postgres://", "postgresql://")
+
+
+def supports_tags(backend: str) -> bool:
+    """Whether stack tags exist on ``backend`` (the HTTP service backends only)."""
+    return backend.startswith(("https://", "http://")) and not backend.startswith(DIY_SCHEMES)
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """One lock on a stack as the DIY backend describes it (``created by user@host (pid N)``)."""
+
+    user: str
+    host: str
+    pid: int
+    created: datetime
+
+
+_LOCK_LINE = re.compile(
+    r"created by (?P<user>[^@\s]*)@(?P<host>\S+) \(pid (?P<pid>\d+)\) at (?P<at>\S+)"
+)
+
+
+def lock_holders_in(text: str) -> list[LockHolder]:
+    """The lock holders a ``ConcurrentUpdateError`` (or ``pulumi cancel``) text names."""
+    found = []
+    for match in _LOCK_LINE.finditer(text):
+        try:
+            created = datetime.fromisoformat(match["at"].replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        found.append(LockHolder(match["user"], match["host"], int(match["pid"]), created))
+    return found
+
 
 class StackHandle(Protocol):
     """The operations envkit needs on one stack."""
@@ -69,16 +99,25 @@ class StackHandle(Protocol):
         """Set config values: key -> (value, secret)."""
         ...
 
+    def get_all_config(self) -> dict[str, str]:
+        """Every config value of the stack (key -> text)."""
+        ...
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        """Set stack tags (visible in ``pulumi stack ls`` and the backend)."""
+        """Set stack tags; only service backends have them (see ``supports_tags``)."""
         ...
 
-    def up(self, progress: Progress) -> dict[str, Any]:
-        """Run the program; return the stack outputs (plain values)."""
+    def outputs(self) -> dict[str, Any]:
+        """The outputs recorded in the backend's state (secrets decrypted), ``{}`` when none."""
         ...
 
-    def refresh(self, progress: Progress) -> None:
-        """Reconcile the state with what exists in AWS."""
+    def up(self, progress: Progress, inputs: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Run the program with ``inputs`` handed to it in-process (never written to config or a
+        command line); return the stack outputs (plain values)."""
+        ...
+
+    def refresh(self, progress: Progress, *, clear_pending_creates: bool = False) -> None:
+        """Reconcile the state with AWS; optionally drop pending creates a killed run left."""
         ...
 
     def destroy(self, progress: Progress) -> None:
@@ -87,6 +126,10 @@ class StackHandle(Protocol):
 
     def cancel(self) -> None:
         """Cancel the running update (deletes a stale lock on DIY backends)."""
+        ...
+
+    def lock_holders(self) -> list[LockHolder]:
+        """Who holds the stack's lock (empty when unlocked or unknown)."""
         ...
 
     def export_state(self) -> dict[str, Any]:
@@ -100,6 +143,8 @@ class StackHandle(Protocol):
 
 class Automation(Protocol):
     """Creates, selects and removes stacks of the ``envkit`` project."""
+
+    supports_tags: bool  # stack tags exist on Pulumi Cloud / self-hosted service only
 
     def create_or_select(self, stack_name: str) -> StackHandle:
         """The stack, created when absent."""
@@ -153,10 +198,14 @@ def describe_event(event: Any) -> str | None:
 class PulumiStack:
     """:class:`StackHandle` over ``pulumi.automation.Stack``."""
 
-    def __init__(self, stack: Any, secrets_: list[str]) -> None:
+    def __init__(
+        self, stack: Any, secrets_: list[str], inputs: dict[str, str] | None = None
+    ) -> None:
         self._stack = stack
         self._secrets = secrets_
+        self._inputs = {} if inputs is None else inputs  # shared with the inline program
         self.name: str = stack.name
+        self.last_locked: str = ""
 
     def _run(self, action: Callable[[], Any]) -> Any:
         try:
@@ -165,6 +214,8 @@ class PulumiStack:
             failure = translate(exc, self._secrets)
             if failure is None:
                 raise
+            if isinstance(failure, StackLocked):
+                self.last_locked = str(exc)  # the DIY backend names the lock's holder here
             raise failure from None
 
     def _events(self, progress: Progress) -> dict[str, Any]:
@@ -192,6 +243,10 @@ class PulumiStack:
         config = {k: auto.ConfigValue(value=v, secret=s) for k, (v, s) in values.items()}
         self._run(lambda: self._stack.set_all_config(config))
 
+    def get_all_config(self) -> dict[str, str]:
+        values = self._run(self._stack.get_all_config)
+        return {k: str(v.value) for k, v in values.items()}
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
             self._set_tag(key, value)
@@ -199,12 +254,24 @@ class PulumiStack:
     def _set_tag(self, key: str, value: str) -> None:
         self._run(lambda: self._stack.set_tag(key, value))
 
-    def up(self, progress: Progress) -> dict[str, Any]:
-        result = self._run(lambda: self._stack.up(**self._events(progress)))
+    def outputs(self) -> dict[str, Any]:
+        return {k: v.value for k, v in self._run(self._stack.outputs).items()}
+
+    def up(self, progress: Progress, inputs: Mapping[str, str] | None = None) -> dict[str, Any]:
+        self._inputs.clear()
+        self._inputs.update(inputs or {})
+        try:
+            result = self._run(lambda: self._stack.up(**self._events(progress)))
+        finally:
+            self._inputs.clear()
         return {k: v.value for k, v in result.outputs.items()}
 
-    def refresh(self, progress: Progress) -> None:
-        self._run(lambda: self._stack.refresh(**self._events(progress)))
+    def refresh(self, progress: Progress, *, clear_pending_creates: bool = False) -> None:
+        extra = {"clear_pending_creates": True} if clear_pending_creates else {}
+        self._run(lambda: self._stack.refresh(**self._events(progress), **extra))
+
+    def lock_holders(self) -> list[LockHolder]:
+        return lock_holders_in(self.last_locked)
 
     def destroy(self, progress: Progress) -> None:
         self._run(lambda: self._stack.destroy(**self._events(progress)))
@@ -242,6 +309,10 @@ class PulumiAutomation:
         self.secrets_provider = secrets_provider
         self.cli_root = cli_root
         self._secrets = secrets_
+        self.supports_tags = supports_tags(backend)
+        # What `up` hands the inline program in-process (the database password): never on a
+        # command line, never in the runner's Pulumi.<stack>.yaml.
+        self._inputs: dict[str, str] = {}
 
     def _options(self) -> Any:
         from pulumi import automation as auto
@@ -259,13 +330,13 @@ class PulumiAutomation:
             pulumi_command=auto.PulumiCommand(root=self.cli_root),
         )
 
-    @staticmethod
-    def _program() -> None:
-        # The same program `pulumi up` runs from Pulumi.yaml: config from the stack.
+    def _program(self) -> None:
+        # The same program `pulumi up` runs from Pulumi.yaml: config from the stack, plus the
+        # password handed over in-process.
         # mypy sees stacks/ as `stacks`; installed (and editable) it is envkit._stacks.
         from envkit._stacks import program  # type: ignore[import-not-found]
 
-        program.main()
+        program.main(db_password=self._inputs.get("db_password"))
 
     def _wrap(self, action: Callable[[], Any]) -> PulumiStack:
         try:
@@ -275,7 +346,7 @@ class PulumiAutomation:
             if failure is None:
                 raise
             raise failure from None
-        return PulumiStack(stack, self._secrets)
+        return PulumiStack(stack, self._secrets, self._inputs)
 
     def create_or_select(self, stack_name: str) -> StackHandle:
         from pulumi import automation as auto
@@ -335,55 +406,6 @@ def connect(
         cli_root=None if cli.parent == on_path_dir(env) else str(cli.parent.parent),
         secrets_=secrets_,
     )
-
-
-# -- recovery after a killed run ----------------------------------------------------------------
-def with_recovery(stack: StackHandle, action: Callable[[], Any], what: str) -> Any:
-    """Run ``action``; on a stale lock cancel it, clear pending operations, retry once."""
-    clear_pending_operations(stack)
-    try:
-        return action()
-    except StackLocked as exc:
-        log.warning(
-            "the stack %s is locked (%s). envkit holds this pipeline's own lock, so the "
-            "stack lock was left by a killed run: cancelling it and retrying %s once",
-            stack.name,
-            first_line(str(exc)),
-            what,
-        )
-        stack.cancel()
-        clear_pending_operations(stack)
-        try:
-            return action()
-        except StackLocked as again:
-            raise LockedError(
-                f"The Pulumi stack {stack.name!r} stays locked after 'pulumi cancel': "
-                f"{first_line(str(again))}",
-                hint="Another process is updating it (a second CI job with the same pipeline "
-                "ID?). Wait for it, or run 'pulumi cancel' against the backend yourself.",
-            ) from None
-
-
-def clear_pending_operations(stack: StackHandle) -> list[dict[str, Any]]:
-    """Remove the pending operations a killed run left in the state; return them."""
-    state = stack.export_state()
-    deployment = state.get("deployment") or {}
-    pending = list(deployment.get("pending_operations") or [])
-    if not pending:
-        return []
-    for op in pending:
-        urn = (op.get("resource") or {}).get("urn", "?")
-        log.warning(
-            "stack %s: clearing the pending %s of %s left by a killed run%s",
-            stack.name,
-            op.get("type", "operation"),
-            urn,
-            " (it may exist in AWS untracked: the post-destroy tag sweep deletes it)"
-            if op.get("type") == "creating"
-            else "",
-        )
-    stack.import_state({**state, "deployment": {**deployment, "pending_operations": []}})
-    return pending
 
 
 def first_line(text: str) -> str:

@@ -27,9 +27,10 @@ from envkit.providers.aws.automation import (
     StackMissing,
     connect,
     first_line,
-    with_recovery,
 )
+from envkit.providers.aws.options import AwsOptions
 from envkit.providers.aws.prerequisites import aws_region, doctor_checks
+from envkit.providers.aws.recovery import with_recovery
 from envkit.providers.aws.services import aws_services
 from envkit.providers.aws.services import check_spec as check_services
 from envkit.providers.base import Check, ProvisionRequest
@@ -72,6 +73,7 @@ class AwsProvider:
         self.settings = settings
         self.env = dict(os.environ if env is None else env)
         self.region = aws_region(settings, self.env)
+        self.options = AwsOptions.from_env(self.env)
         self.retry_delay = retry_delay
         self._automation = automation
         self._sweeper = sweeper
@@ -121,6 +123,7 @@ class AwsProvider:
         pipeline_id = request.pipeline_id
         automation = self.automation()  # CLI + secrets checked: exit 2 before anything exists
         record = request.record
+        opts = self.options
         config = StackConfig(
             pipeline_id=pipeline_id,
             expires_at=record.expires,
@@ -128,6 +131,14 @@ class AwsProvider:
             region=self.region,
             base_stack=self.settings.pulumi_base_stack,
             services=self._services(request),
+            egress=opts.egress,
+            public=opts.public,
+            ci_cidr=opts.ci_cidr,
+            availability_zones=opts.availability_zones,
+            engine_version=opts.engine_version,
+            instance_class=opts.instance_class,
+            spot=opts.spot,
+            vpc_cidr=opts.vpc_cidr,
         )
         record.resources.update(
             {
@@ -144,24 +155,27 @@ class AwsProvider:
         stack = self._call(
             lambda: automation.create_or_select(pipeline_id), ProvisionError, "select"
         )
-        # Keep the password of an existing stack: a new one would make `up` change it on RDS.
-        password = stack.get_config(PASSWORD_CONFIG_KEY) or secrets.token_urlsafe(24)
+        password = self._password(stack)
         self._secrets.append(password)
-        values = {k: (v, False) for k, v in config.to_config().items()}
-        values[PASSWORD_CONFIG_KEY] = (password, True)
+        values = self._config_values(stack, config.to_config())
         self._call(lambda: stack.set_config(values), ProvisionError, "configure")
-        tags = {
-            TAG_PIPELINE_ID: pipeline_id,
-            TAG_EXPIRES_AT: record.expires_at,
-            TAG_OWNER: aws_tag_value(record.owner),
-        }
-        self._call(lambda: stack.set_tags(tags), ProvisionError, "tag")
+        if automation.supports_tags:
+            # The expiry and owner reach the backend on every kind of backend anyway: as
+            # resource tags (the sweep) and as the stack outputs envkit_expires_at/envkit_owner.
+            tags = {
+                TAG_PIPELINE_ID: pipeline_id,
+                TAG_EXPIRES_AT: record.expires_at,
+                TAG_OWNER: aws_tag_value(record.owner),
+            }
+            self._call(lambda: stack.set_tags(tags), ProvisionError, "tag")
         request.timings["stack"] = time.perf_counter() - started
 
         started = time.perf_counter()
         request.progress("pulumi up")
         outputs = self._call(
-            lambda: with_recovery(stack, lambda: stack.up(request.progress), "up"),
+            lambda: with_recovery(
+                stack, lambda: stack.up(request.progress, {"db_password": password}), "up"
+            ),
             ProvisionError,
             "up",
         )
@@ -171,6 +185,34 @@ class AwsProvider:
         }
         request.save()
         return {k: str(v) for k, v in outputs.items() if k.isupper()}
+
+    def _password(self, stack: StackHandle) -> str:
+        """The stack's database password, from the backend when the stack has one.
+
+        It lives only in the state (the secret output ``DATABASE_PASSWORD``), so a second
+        runner sharing the backend finds the same one; a new password would make ``up``
+        rotate it on RDS. A ``envkit:dbPassword`` from an older envkit's config still counts.
+        """
+        outputs = self._call(stack.outputs, ProvisionError, "read outputs")
+        found = outputs.get("DATABASE_PASSWORD") or stack.get_config(PASSWORD_CONFIG_KEY)
+        return str(found) if found else secrets.token_urlsafe(24)
+
+    def _config_values(
+        self, stack: StackHandle, wanted: Mapping[str, str]
+    ) -> dict[str, tuple[str, bool]]:
+        """``wanted`` as config values, minus the tunable keys already set on the stack that no
+        setting names (``pulumi config set envkit:public true`` is not silently rewritten)."""
+        current = self._call(stack.get_all_config, ProvisionError, "read config")
+        keys = self.options.config_keys()
+        kept = {
+            key
+            for name, key in keys.items()
+            if name not in self.options.explicit and key in current
+        }
+        for key in sorted(kept):
+            if current[key] != wanted.get(key):
+                log.info("keeping %s=%s from the stack's config", key, current[key])
+        return {k: (v, False) for k, v in wanted.items() if k not in kept}
 
     def _call(self, action: Callable[[], Any], error: type[EnvkitError], what: str) -> Any:
         try:

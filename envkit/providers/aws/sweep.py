@@ -3,8 +3,12 @@
 Everything envkit creates in AWS carries ``envkit:pipeline-id`` and ``envkit:expires-at``. The
 sweep finds those resources through the Resource Groups Tagging API (plus per-service listings
 for the types that API does not return: DB subnet groups, IAM roles), groups them by pipeline,
-and deletes the pipelines whose latest ``expires-at`` has passed — in dependency order, retrying
-dependency violations with backoff. Untagged resources are never listed, so never touched.
+and deletes the pipelines whose latest ``expires-at`` has passed — in dependency order, in
+waves (as aws-nuke does): every wave tries each remaining resource once, and waves repeat until
+nothing is left or :data:`DEADLINE` passes, since ENIs of RDS and Fargate and Cloud Map
+instances take many minutes to go. Tagged types envkit has no deleter for (``ecs:task``: tasks
+stop with their service) are reported as ``skipped``, not as failures. Untagged resources are
+never listed, so never touched.
 """
 
 from __future__ import annotations
@@ -22,12 +26,27 @@ from envkit.naming import TAG_EXPIRES_AT, TAG_PIPELINE_ID, parse_iso
 
 log = logging.getLogger(__name__)
 
-# Seconds between attempts when AWS says a dependency still exists (ENIs of a deleted RDS
-# instance or Fargate task take minutes to go). Tests set it to zeros.
-RETRY_DELAYS: tuple[float, ...] = (2, 4, 8, 15, 30, 30, 30, 60, 60)
+# Seconds between waves while AWS says a dependency still exists (the last repeats until the
+# deadline); tests set them to zeros.
+RETRY_DELAYS: tuple[float, ...] = (2, 4, 8, 15, 30, 60)
+# How long one sweep keeps deleting: an ENI of a deleted Fargate task or RDS instance can take
+# 20 minutes and more to be released.
+DEADLINE = 45 * 60.0
+# Tagged types that go with something else and have no delete call of their own.
+_SKIPPED = {
+    "ecs:task": "stops when its ECS service is deleted",
+    "ec2:network-interface": "released by the service that created it",
+}
+# RDS states in which a delete is refused but waiting helps (it is deleted, or deletable, later).
+_RDS_WAIT_STATES = {"deleting"}
+_RDS_LATER_STATES = {
+    "creating", "modifying", "backing-up", "rebooting", "starting", "stopping", "upgrading",
+    "configuring-enhanced-monitoring", "maintenance", "renaming", "resetting-master-credentials",
+    "storage-optimization", "configuring-log-exports",
+}  # fmt: skip
 _RETRYABLE = {
     "DependencyViolation",
-    "InvalidDBInstanceState",
+    "InvalidDBInstanceState",  # only raised on for the states where waiting helps
     "InvalidDBSubnetGroupStateFault",
     "InvalidDBSubnetGroupState",
     "ClusterContainsServicesException",
@@ -53,6 +72,9 @@ _GONE = {
     "NoSuchEntity",
     "NamespaceNotFound",
     "ServiceNotFound",
+    "InvalidNatGatewayID.NotFound",
+    "InvalidAllocationID.NotFound",
+    "InvalidVpcEndpointId.NotFound",
 }
 # Deletion order: dependants first.
 _ORDER = (
@@ -63,8 +85,12 @@ _ORDER = (
     "servicediscovery:namespace",
     "rds:db",
     "rds:subgrp",
+    "secretsmanager:secret",
     "logs:log-group",
     "iam:role",
+    "ec2:vpc-endpoint",
+    "ec2:natgateway",
+    "ec2:elastic-ip",
     "ec2:security-group",
     "ec2:route-table",
     "ec2:internet-gateway",
@@ -75,16 +101,19 @@ _ORDER = (
 
 @dataclass
 class SweepReport:
-    """What a sweep did: ``reaped``, ``kept`` and ``errors``, one dict per pipeline ID each
-    (``pipeline_id``, ``resources`` (ARNs), ``expires_at``; ``error`` in ``errors``)."""
+    """What a sweep did: ``reaped``, ``kept``, ``errors`` and ``skipped``, one dict per pipeline
+    ID each (``pipeline_id``, ``resources`` (ARNs), ``expires_at``; ``error`` in ``errors``,
+    ``reason`` in ``skipped``)."""
 
     reaped: list[dict[str, Any]] = field(default_factory=list)
     kept: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, list[dict[str, Any]]]:
         """The ``reap --json`` shape."""
-        return {"reaped": self.reaped, "kept": self.kept, "errors": self.errors}
+        shape = {"reaped": self.reaped, "kept": self.kept, "errors": self.errors}
+        return {**shape, "skipped": self.skipped} if self.skipped else shape
 
 
 @dataclass
@@ -155,7 +184,12 @@ def sweep(
         if dry_run:
             report.reaped.append({**entry, "dry_run": True})
             continue
-        failures = _delete_all(session, resources)
+        skipped = {r.arn: _SKIPPED[r.kind] for r in resources if r.kind in _SKIPPED}
+        if skipped:
+            report.skipped.append(
+                {**entry, "resources": sorted(skipped), "reason": "; ".join(set(skipped.values()))}
+            )
+        failures = _delete_all(session, [r for r in resources if r.arn not in skipped])
         if failures:
             report.errors.append(
                 {**entry, "resources": sorted(failures), "error": "; ".join(failures.values())}
@@ -256,21 +290,36 @@ def _roles(session: Any) -> Iterator[_Found]:
 
 
 # -- deletion -------------------------------------------------------------------------------
-def _delete_all(session: Any, resources: list[_Found]) -> dict[str, str]:
-    """Delete ``resources`` in dependency order; return ARN -> error for what remains."""
+def _delete_all(
+    session: Any, resources: list[_Found], deadline: float | None = None
+) -> dict[str, str]:
+    """Delete ``resources`` in dependency order, in waves until none is left, only errors
+    other than "still in use" remain, or the deadline passes; return ARN -> error for the rest."""
     rank = {kind: i for i, kind in enumerate(_ORDER)}
-    ordered = sorted(resources, key=lambda r: (rank.get(r.kind, len(_ORDER)), r.arn))
+    remaining = sorted(resources, key=lambda r: (rank.get(r.kind, len(_ORDER)), r.arn))
     failures: dict[str, str] = {}
-    for found in ordered:
-        deleter = _DELETERS.get(found.kind)
-        if deleter is None:
-            failures[found.arn] = f"{found.arn}: envkit does not know how to delete {found.kind}"
-            continue
-        try:
-            _retrying(functools.partial(deleter, session, found))
-            log.info("deleted %s", found.arn)
-        except Exception as exc:  # report it and go on: other resources may still go
-            failures[found.arn] = f"{found.arn}: {_describe(exc)}"
+    for found in [r for r in remaining if r.kind not in _DELETERS]:
+        failures[found.arn] = f"{found.arn}: envkit does not know how to delete {found.kind}"
+    remaining = [r for r in remaining if r.kind in _DELETERS]
+    stop = time.monotonic() + (DEADLINE if deadline is None else deadline)
+    wave = 0
+    while remaining:
+        waiting: list[_Found] = []
+        for found in remaining:
+            try:
+                _once(functools.partial(_DELETERS[found.kind], session, found))
+                log.info("deleted %s", found.arn)
+                failures.pop(found.arn, None)
+            except Exception as exc:  # report it and go on: other resources may still go
+                failures[found.arn] = f"{found.arn}: {_describe(exc)}"
+                if _code(exc) in _RETRYABLE:
+                    waiting.append(found)
+        if not waiting or time.monotonic() >= stop:
+            break
+        delay = RETRY_DELAYS[min(wave, len(RETRY_DELAYS) - 1)] if RETRY_DELAYS else 0
+        log.info("%d resource(s) still in use; next wave in %ss", len(waiting), delay)
+        time.sleep(max(0.0, min(delay, stop - time.monotonic())))
+        remaining, wave = waiting, wave + 1
     return failures
 
 
@@ -285,20 +334,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def _retrying(action: Callable[[], None]) -> None:
-    """Run ``action``, treating "already gone" as success and retrying dependency errors."""
-    for delay in (*RETRY_DELAYS, None):
-        try:
-            action()
-            return
-        except Exception as exc:
-            code = _code(exc)
-            if code in _GONE:
-                return
-            if code not in _RETRYABLE or delay is None:
-                raise
-            log.info("%s; retrying in %ss", code, delay)
-            time.sleep(delay)
+def _once(action: Callable[[], None]) -> None:
+    """Run ``action``, treating "already gone" as success."""
+    try:
+        action()
+    except Exception as exc:
+        if _code(exc) not in _GONE:
+            raise
 
 
 def _last(arn: str) -> str:
@@ -341,8 +383,16 @@ def _rds_db(session: Any, found: _Found) -> None:
             DBInstanceIdentifier=identifier, SkipFinalSnapshot=True, DeleteAutomatedBackups=True
         )
     except Exception as exc:
-        if _code(exc) != "InvalidDBInstanceState":  # already deleting: wait below
+        if _code(exc) != "InvalidDBInstanceState":
             raise
+        found_ = rds.describe_db_instances(DBInstanceIdentifier=identifier)["DBInstances"]
+        state = found_[0].get("DBInstanceStatus", "") if found_ else "deleting"
+        if state in _RDS_LATER_STATES:
+            raise  # retryable: a later wave deletes it once the operation ends
+        if state not in _RDS_WAIT_STATES:
+            raise TeardownError(
+                f"RDS instance {identifier} is {state!r}: envkit cannot delete it in that state"
+            ) from None
     # The subnet group and security group stay "in use" until the instance is gone.
     rds.get_waiter("db_instance_deleted").wait(
         DBInstanceIdentifier=identifier, WaiterConfig={"Delay": 15, "MaxAttempts": 80}
@@ -392,6 +442,30 @@ def _internet_gateway(session: Any, found: _Found) -> None:
     ec2.delete_internet_gateway(InternetGatewayId=gateway_id)
 
 
+def _secret(session: Any, found: _Found) -> None:
+    session.client("secretsmanager").delete_secret(
+        SecretId=found.arn, ForceDeleteWithoutRecovery=True
+    )
+
+
+def _vpc_endpoint(session: Any, found: _Found) -> None:
+    session.client("ec2").delete_vpc_endpoints(VpcEndpointIds=[_last(found.arn)])
+
+
+def _nat_gateway(session: Any, found: _Found) -> None:
+    ec2 = session.client("ec2")
+    gateway_id = _last(found.arn)
+    ec2.delete_nat_gateway(NatGatewayId=gateway_id)
+    # Its elastic IP and subnet stay in use until it is gone.
+    ec2.get_waiter("nat_gateway_deleted").wait(
+        NatGatewayIds=[gateway_id], WaiterConfig={"Delay": 10, "MaxAttempts": 60}
+    )
+
+
+def _elastic_ip(session: Any, found: _Found) -> None:
+    session.client("ec2").release_address(AllocationId=_last(found.arn))
+
+
 def _subnet(session: Any, found: _Found) -> None:
     session.client("ec2").delete_subnet(SubnetId=_last(found.arn))
 
@@ -408,7 +482,11 @@ _DELETERS: dict[str, Callable[[Any, _Found], None]] = {
     "servicediscovery:namespace": _sd_namespace,
     "rds:db": _rds_db,
     "rds:subgrp": _rds_subnet_group,
+    "secretsmanager:secret": _secret,
     "logs:log-group": _log_group,
+    "ec2:vpc-endpoint": _vpc_endpoint,
+    "ec2:natgateway": _nat_gateway,
+    "ec2:elastic-ip": _elastic_ip,
     "iam:role": _iam_role,
     "ec2:security-group": _security_group,
     "ec2:route-table": _route_table,
