@@ -37,6 +37,7 @@ from envkit.providers.local.pgserver import (
     postmaster_pid,
     stop_server,
 )
+from envkit.providers.local.resources import LocalResources
 from envkit.providers.local.spares import checkout
 from envkit.providers.local.templates import TemplateCache
 from envkit.reaping import Leftover, ReapOptions, ReapReport
@@ -105,37 +106,38 @@ class LocalProvider:
         run_as = self.run_as()
         layout = self.layout
         self._ensure_roots(run_as)
+        resources = LocalResources.load(request.record)
+
+        def save() -> None:
+            resources.save(request.record)
+            request.save()
 
         started = time.perf_counter()
         request.progress("network")
         address = layout.addresses.reserve(layout.owner_key(pipeline_id), pipeline_id)
-        request.record.resources.update(
-            {
-                "data_root": str(layout.data_root),
-                "env_dir": str(layout.env_dir(pipeline_id)),
-                "host": address.host,
-                "dedicated_address": address.dedicated,
-                "run_as": run_as.name,
-                "bindir": str(install.bindir),
-            }
-        )
-        request.save()
+        resources.data_root = layout.data_root
+        resources.env_dir = layout.env_dir(pipeline_id)
+        resources.host = address.host
+        resources.dedicated_address = address.dedicated
+        resources.run_as = run_as.name
+        resources.bindir = install.bindir
+        save()
         request.timings["network"] = time.perf_counter() - started
 
         started = time.perf_counter()
         request.progress("database")
-        template = self.template_for(request, install, run_as)
+        template = self.template_for(request, install, run_as, resources)
         self._clear_env_dir(pipeline_id)
         env_dir = layout.env_dir(pipeline_id)
         env_dir.mkdir(mode=0o711, parents=True)
         layout.logs(pipeline_id).mkdir(mode=0o700)
         make_socket_dir(layout.socket_dir(pipeline_id), run_as)
-        request.record.resources["spare"] = checkout(
+        resources.spare = checkout(
             template, layout.pgdata(pipeline_id), resting=self.settings.spares
         )
         server = self._start(install, run_as, pipeline_id, address.host, address.dedicated)
-        request.record.resources.update({"port": server.port, "pid": server.pid})
-        request.save()
+        resources.port, resources.pid = server.port, server.pid
+        save()
 
         password = secrets.token_urlsafe(24)
         role = sql_identifier(pipeline_id)
@@ -159,16 +161,24 @@ class LocalProvider:
         if request.spec is not None:  # extra databases, then the services
             from envkit.providers.local.services import provision_spec
 
-            outputs.update(provision_spec(self, request, server, outputs))
+            outputs.update(provision_spec(self, request, resources, server, outputs))
         return outputs
 
-    def template_for(self, request: ProvisionRequest, install: PgInstall, run_as: RunAs) -> Path:
+    def template_for(
+        self,
+        request: ProvisionRequest,
+        install: PgInstall,
+        run_as: RunAs,
+        resources: LocalResources,
+    ) -> Path:
         """The data directory to copy: the base template, or with a dataset its seeded template
-        (built once per machine), so a seeded environment costs what an empty one costs."""
+        (built once per machine, recorded in ``resources``), so a seeded environment costs what
+        an empty one costs."""
         if request.dataset is not None:
             from envkit.providers.local.seeded import seeded_template
 
-            return seeded_template(self.settings, self.templates(install, run_as), request)
+            templates = self.templates(install, run_as)
+            return seeded_template(self.settings, templates, request, resources)
         return self.templates(install, run_as).base()
 
     def _ensure_roots(self, run_as: RunAs) -> None:
@@ -225,12 +235,18 @@ class LocalProvider:
 
     def server_of(self, record: Record) -> PgServer:
         """The server of an existing environment, as ``up`` started it (to start it again)."""
+        resources = LocalResources.load(record)
+        if resources.bindir is None or resources.host is None or resources.port is None:
+            raise ProvisionError(
+                f"The record of {record.pipeline_id!r} does not say how its server was started.",
+                hint=f"Recreate it with 'envkit up {record.pipeline_id} --recreate'.",
+            )
         return self.pg_server(
             record.pipeline_id,
-            PgInstall(Path(record.resources["bindir"])),
+            PgInstall(resources.bindir),
             self.run_as(),
-            host=record.resources["host"],
-            port=int(record.resources["port"]),
+            host=resources.host,
+            port=resources.port,
         )
 
     def _start(
@@ -263,10 +279,11 @@ class LocalProvider:
                 max_delay=0.001,
             )
         ]
-        if record.resources.get("services"):
+        resources = LocalResources.load(record)
+        if resources.services:
             from envkit.providers.local.services import probes_for
 
-            probes += probes_for(record.resources, record.outputs)
+            probes += probes_for(resources, record.outputs)
         return probes
 
     def gone(self, record: Record) -> list[str]:
@@ -276,10 +293,11 @@ class LocalProvider:
         pgdata = self.layout.pgdata(record.pipeline_id)
         if postmaster_pid(pgdata) is None:
             missing.append(f"database: its PostgreSQL server ({pgdata}) is not running")
-        if record.resources.get("services"):
+        resources = LocalResources.load(record)
+        if resources.services:
             from envkit.providers.local.services import stopped_services
 
-            stopped = stopped_services(record.resources)
+            stopped = stopped_services(resources)
             missing += [f"service {name}: not running" for name in stopped]
         return missing
 
@@ -289,14 +307,15 @@ class LocalProvider:
         the data directory is not whole."""
         pipeline_id = record.pipeline_id
         pgdata = self.layout.pgdata(pipeline_id)
-        if record.resources.get("services"):
+        resources = LocalResources.load(record)
+        if resources.services:
             from envkit.providers.local.services import stopped_services
 
-            if stopped_services(record.resources):
+            if stopped_services(resources):
                 return False
         if postmaster_pid(pgdata) is not None:
             return True
-        if not all(key in record.resources for key in ("bindir", "host", "port")):
+        if not resources.has_server():
             return False
         try:
             if not (pgdata / "PG_VERSION").is_file():
@@ -339,7 +358,7 @@ class LocalProvider:
             layout.home_key,
             pipeline_id,
             layout.env_dir(pipeline_id),
-            record.resources if record is not None else None,
+            LocalResources.load(record) if record is not None else None,
         )
         stop_server(pgdata, fast=False, timeout=5.0)
         stop(

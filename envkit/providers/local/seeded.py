@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from envkit.providers.local.resources import LocalResources, SeedTemplate
 from envkit.seeding import datasets
-from envkit.seeding.pipeline import TEMPLATE_RESOURCE, scale_of, template_name
+from envkit.seeding.pipeline import scale_of, template_name
 from envkit.settings import Settings
 
 if TYPE_CHECKING:
@@ -20,9 +21,13 @@ if TYPE_CHECKING:
 
 
 def seeded_template(
-    settings: Settings, templates: TemplateCache, request: ProvisionRequest
+    settings: Settings,
+    templates: TemplateCache,
+    request: ProvisionRequest,
+    resources: LocalResources,
 ) -> Path:
-    """The seeded template of ``request.dataset`` (built on first use), recorded in the record."""
+    """The seeded template of ``request.dataset`` (built on first use), recorded in
+    ``resources`` and saved with the record."""
     assert request.dataset is not None
     dataset = datasets.load(settings, request.dataset)
     scale = scale_of(settings)
@@ -45,10 +50,7 @@ def seeded_template(
     started = time.perf_counter()
     path = templates.derived(name, prepare)
     request.timings["dataset_template"] = time.perf_counter() - started
-    request.record.resources[TEMPLATE_RESOURCE] = {
-        "dataset": dataset.name,
-        "name": name,
-        "stats": str(sidecar),
-    }
+    resources.seed_template = SeedTemplate(dataset.name, name, sidecar)
+    resources.save(request.record)
     request.save()
     return path

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 
 from envkit.processes import carries, cwd, process_alive, scan, stop
 from envkit.providers.local.osuser import trusted_uids
+from envkit.providers.local.resources import LocalResources
 
 MARKER_HOME = "ENVKIT_HOME_KEY"
 MARKER_PIPELINE = "ENVKIT_PIPELINE_ID"
@@ -58,15 +58,15 @@ def stop_services(
     home_key: str,
     pipeline_id: str,
     env_dir: Path,
-    resources: Mapping[str, Any] | None,
+    resources: LocalResources | None,
     *,
     grace: float | None = None,
     owners: Collection[int] | None = None,
 ) -> list[int]:
     """Stop every service process of the pipeline: SIGTERM to each process group, SIGKILL to what
     is left after the grace period. Return the pids that were found."""
-    recorded = (resources or {}).get("services") or {}
-    wait = max([float(e.get("grace", 5.0)) for e in recorded.values()] or [5.0])
+    recorded = resources.services if resources is not None else {}
+    wait = max([e.grace for e in recorded.values()] or [5.0])
     if grace is not None:
         wait = grace
     if not recorded and not (env_dir / "services").exists():
@@ -77,10 +77,10 @@ def stop_services(
     def find() -> set[int]:
         pids = set(find_service_processes(home_key, pipeline_id, env_dir, trusted))
         for entry in recorded.values():
-            pid = entry.get("pid")
+            pid = entry.pid
             # A recorded pid may have been reused by now: only one that still carries the marks.
-            if pid and pid_alive(int(pid)) and belongs(int(pid), home_key, pipeline_id, env_dir):
-                pids.add(int(pid))
+            if pid and pid_alive(pid) and belongs(pid, home_key, pipeline_id, env_dir):
+                pids.add(pid)
         return pids
 
     stopped = stop(

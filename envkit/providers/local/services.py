@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from envkit.errors import ProvisionError
 from envkit.health import Probe, TransientError
@@ -35,6 +35,7 @@ from envkit.processes import process_age
 from envkit.providers.local.logs import log_tail
 from envkit.providers.local.loopback import bind_error, free_port
 from envkit.providers.local.osuser import RunAs
+from envkit.providers.local.resources import LocalResources, ServiceEntry
 from envkit.providers.local.service_processes import (
     CHILDREN,
     MARKER_HOME,
@@ -175,7 +176,7 @@ class ServiceProbe:
     service: str
     pid: int
     inner: Probe | None  # None: "running" (alive for a moment is enough)
-    log_path: Path
+    log_path: Path | None  # None: a hand-edited record lost it
     component: str = "service"
     name: str = ""
 
@@ -184,7 +185,8 @@ class ServiceProbe:
 
     def check(self) -> None:
         if not pid_alive(self.pid):
-            raise ServiceExitedError(f"service {self.service} exited (log: {self.log_path})")
+            where = f" (log: {self.log_path})" if self.log_path is not None else ""
+            raise ServiceExitedError(f"service {self.service} exited{where}")
         if self.inner is None:
             age = process_age(self.pid)
             if age is not None and age < RUNNING_SETTLE:
@@ -210,47 +212,48 @@ def _inner_probe(
     return None
 
 
-def probe_env(entry: Mapping[str, Any], outputs: Mapping[str, str]) -> dict[str, str]:
+def probe_env(entry: ServiceEntry, outputs: Mapping[str, str]) -> dict[str, str]:
     """What a health command gets on top of envkit's environment: the outputs and HOST/PORT (no
     marker: it is not the service, and must not be mistaken for one by the sweep)."""
     env = dict(outputs)
-    env["HOST"] = str(entry.get("host", ""))
-    if entry.get("port"):
-        env["PORT"] = str(entry["port"])
+    env["HOST"] = entry.host
+    if entry.port:
+        env["PORT"] = str(entry.port)
     return env
 
 
-def probes_for(resources: Mapping[str, Any], outputs: Mapping[str, str]) -> list[Probe]:
-    """Health probes of the recorded services of an environment."""
+def probes_for(resources: LocalResources, outputs: Mapping[str, str]) -> list[Probe]:
+    """Health probes of the recorded services of an environment (one whose health check a
+    hand-edited record lost is checked for being alive only)."""
     found: list[Probe] = []
-    for name, entry in (resources.get("services") or {}).items():
-        pid = entry.get("pid")
-        if not pid:
+    for name, entry in resources.services.items():
+        if not entry.pid:
             continue
-        health = HealthCheck.from_dict(entry["health"])
-        inner = _inner_probe(
-            health,
-            entry["host"],
-            entry.get("port"),
-            Path(entry["workdir"]),
-            probe_env(entry, outputs),
-            name,
-        )
-        found.append(ServiceProbe(name, int(pid), inner, Path(entry["log"])))
+        inner = None
+        if entry.health is not None and entry.workdir is not None:
+            inner = _inner_probe(
+                entry.health,
+                entry.host,
+                entry.port,
+                entry.workdir,
+                probe_env(entry, outputs),
+                name,
+            )
+        found.append(ServiceProbe(name, entry.pid, inner, entry.log))
     return found
 
 
-def services_alive(resources: Mapping[str, Any]) -> bool:
+def services_alive(resources: LocalResources) -> bool:
     """Whether every recorded service process still runs."""
     return not stopped_services(resources)
 
 
-def stopped_services(resources: Mapping[str, Any]) -> list[str]:
+def stopped_services(resources: LocalResources) -> list[str]:
     """Names of the recorded services whose process no longer runs."""
     return [
         name
-        for name, entry in (resources.get("services") or {}).items()
-        if not (entry.get("pid") and pid_alive(int(entry["pid"])))
+        for name, entry in resources.services.items()
+        if not (entry.pid and pid_alive(entry.pid))
     ]
 
 
@@ -270,8 +273,8 @@ class Cluster:
 
     place: ClusterPlace
     spec: EnvSpec
-    resources: dict[str, Any]
-    save: Callable[[], None]
+    resources: LocalResources
+    save: Callable[[], None]  # writes ``resources`` into the record and saves the record
     health_timeout: float = 120.0
     progress: Callable[[str], None] = field(default=lambda step: None)
 
@@ -285,7 +288,6 @@ class Cluster:
         ports = assign_ports(self.spec, place.host, place.dedicated)
         urls = service_urls(self.spec, place.host, ports)
         everything = {**outputs, **urls}
-        self.resources.setdefault("services", {})
         (place.env_dir / "services").mkdir(mode=0o711, exist_ok=True)
         for service in self.spec.services:
             self.progress(f"service {service.name}")
@@ -309,22 +311,16 @@ class Cluster:
         workdir.mkdir(mode=0o700, exist_ok=True)
         run_as.chown(workdir)
         log_path = place.log_path(service.name)
-        entry: dict[str, Any] = {
-            "host": place.host,
-            "port": port,
-            "log": str(log_path),
-            "workdir": str(workdir),
-            "health": health.as_dict(),
-            "grace": service.stop_grace,
-            "run_as": {
-                "name": run_as.name,
-                "uid": run_as.uid,
-                "gid": run_as.gid,
-                "switch": run_as.switch,
-            },
-            "pid": None,
-        }
-        self.resources["services"][service.name] = entry
+        entry = ServiceEntry(
+            host=place.host,
+            port=port,
+            log=log_path,
+            workdir=workdir,
+            health=health,
+            grace=service.stop_grace,
+            run_as=run_as,
+        )
+        self.resources.services[service.name] = entry
         self.save()  # write-ahead: a crash from here on leaves a record naming the service
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -350,8 +346,8 @@ class Cluster:
         finally:
             os.close(fd)
         CHILDREN[proc.pid] = proc
-        entry["pid"] = proc.pid
-        entry["pgid"] = proc.pid  # start_new_session: it leads its own group
+        entry.pid = proc.pid
+        entry.pgid = proc.pid  # start_new_session: it leads its own group
         self.save()
         inner = _inner_probe(
             health, place.host, port, workdir, probe_env(entry, outputs), service.name
@@ -384,11 +380,13 @@ class Cluster:
 def provision_spec(
     provider: LocalProvider,
     request: ProvisionRequest,
+    resources: LocalResources,
     server: PgServer,
     outputs: Mapping[str, str],
 ) -> dict[str, str]:
-    """The spec's part of a local environment: extra databases and settings, then services.
-    Returns the outputs it adds (``DATABASE_<NAME>_URL``, ``SERVICE_<NAME>_URL``)."""
+    """The spec's part of a local environment: extra databases and settings, then services
+    (recorded in ``resources``, which already name the address). Returns the outputs it adds
+    (``DATABASE_<NAME>_URL``, ``SERVICE_<NAME>_URL``)."""
     from urllib.parse import urlsplit, urlunsplit
 
     from envkit.outputs import complete
@@ -419,21 +417,26 @@ def provision_spec(
     started = time.monotonic()
     layout = provider.layout
     pipeline_id = request.pipeline_id
-    resources = request.record.resources
+    assert resources.host is not None  # recorded by LocalProvider.provision before the server
     place = ClusterPlace(
         pipeline_id,
         layout.home_key,
         layout.env_dir(pipeline_id),
         layout.logs(pipeline_id),
-        str(resources["host"]),
-        bool(resources["dedicated_address"]),
+        resources.host,
+        bool(resources.dedicated_address),
         provider.run_as(),
     )
+
+    def save() -> None:
+        resources.save(request.record)
+        request.save()
+
     cluster = Cluster(
         place,
         spec,
         resources,
-        request.save,
+        save,
         provider.settings.health_timeout,
         request.progress,
     )
