@@ -31,6 +31,7 @@ from envkit.providers.aws.automation import (
 from envkit.providers.aws.options import AwsOptions
 from envkit.providers.aws.prerequisites import aws_region, doctor_checks
 from envkit.providers.aws.recovery import with_recovery
+from envkit.providers.aws.resources import AwsResources
 from envkit.providers.aws.services import aws_services
 from envkit.providers.aws.services import check_spec as check_services
 from envkit.providers.base import Check, ProvisionRequest
@@ -140,15 +141,15 @@ class AwsProvider:
             spot=opts.spot,
             vpc_cidr=opts.vpc_cidr,
         )
-        record.resources.update(
-            {
-                "stack": pipeline_id,
-                "project": PROJECT,
-                "region": self.region,
-                "rds_identifier": rds_identifier(pipeline_id),
-                "ecs_cluster": aws_name(pipeline_id, limit=255),
-            }
+        resources = AwsResources(
+            pipeline_id,
+            stack=pipeline_id,
+            project=PROJECT,
+            region=self.region,
+            rds_identifier=rds_identifier(pipeline_id),
+            ecs_cluster=aws_name(pipeline_id, limit=255),
         )
+        resources.save(record)
         request.save()
         started = time.perf_counter()
         request.progress("pulumi stack")
@@ -180,9 +181,8 @@ class AwsProvider:
             "up",
         )
         request.timings["pulumi_up"] = time.perf_counter() - started
-        record.resources["stack_outputs"] = {
-            k: str(v) for k, v in outputs.items() if not k.isupper()
-        }
+        resources.stack_outputs = {k: str(v) for k, v in outputs.items() if not k.isupper()}
+        resources.save(record)
         request.save()
         return {k: str(v) for k, v in outputs.items() if k.isupper()}
 
@@ -227,24 +227,22 @@ class AwsProvider:
     def probes(self, record: Record) -> list[Probe]:
         from envkit.providers.aws.probes import EcsServicesProbe, RdsInstanceProbe
 
-        pid = record.pipeline_id
         outputs = record.outputs
         if not outputs:
             return []
-        from envkit.naming import aws_name
-
+        resources = AwsResources.load(record)
         # RDS 'available' (boto3), then SELECT 1 when the endpoint is reachable from here (a
         # runner outside the VPC often cannot reach it); ECS cluster ACTIVE, services stable.
         return [
             RdsInstanceProbe(
-                record.resources.get("rds_identifier") or rds_identifier(pid),
+                resources.database,
                 region=self.region,
                 user=outputs.get("DATABASE_USER"),
                 password=outputs.get("DATABASE_PASSWORD"),
                 dbname=outputs.get("DATABASE_NAME"),
             ),
             EcsServicesProbe(
-                record.resources.get("ecs_cluster") or aws_name(pid, limit=255),
+                resources.cluster,
                 region=self.region,
             ),
         ]
@@ -257,7 +255,7 @@ class AwsProvider:
         """The RDS instance when it is missing, deleting or failed (one describe call)."""
         if self._rds_alive(record):
             return []
-        identifier = record.resources.get("rds_identifier") or rds_identifier(record.pipeline_id)
+        identifier = AwsResources.load(record).database
         return [f"database: RDS instance {identifier} is missing, deleting or failed"]
 
     def restart(self, record: Record) -> bool:
@@ -279,7 +277,7 @@ class AwsProvider:
         from botocore.config import Config
         from botocore.exceptions import BotoCoreError, ClientError
 
-        identifier = record.resources.get("rds_identifier") or rds_identifier(record.pipeline_id)
+        identifier = AwsResources.load(record).database
         client = boto3.session.Session(region_name=self.region).client(
             "rds", config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})
         )
