@@ -198,6 +198,21 @@ _TABLE: tuple[_Field, ...] = (
     _Field("pulumi_secrets_provider", str, "ENVKIT_PULUMI_SECRETS_PROVIDER"),
     _Field("pulumi_base_stack", str, "ENVKIT_PULUMI_BASE_STACK"),
     _Field("spec_file", _path, "ENVKIT_SPEC"),
+    # The aws provider's network and database options, kept as given: that provider checks them
+    # (envkit.providers.aws.options), naming the variable when one is wrong.
+    *(
+        _Field(f"aws_{name}", str, f"ENVKIT_AWS_{name.upper()}")
+        for name in (
+            "egress",
+            "public",
+            "ci_cidr",
+            "azs",
+            "engine_version",
+            "instance_class",
+            "spot",
+            "vpc_cidr",
+        )
+    ),
 )
 _BY_NAME = {f.name: f for f in _TABLE}
 
@@ -227,6 +242,14 @@ class Settings:
     pulumi_secrets_provider: str | None = None  # e.g. awskms://alias/envkit; else passphrase
     pulumi_base_stack: str | None = None  # shared-network mode: the long-lived base stack
     spec_file: Path | None = None  # the environment spec; else envkit.toml found from the cwd
+    aws_egress: str | None = None  # public | nat | endpoints
+    aws_public: str | None = None
+    aws_ci_cidr: str | None = None
+    aws_azs: str | None = None
+    aws_engine_version: str | None = None
+    aws_instance_class: str | None = None
+    aws_spot: str | None = None
+    aws_vpc_cidr: str | None = None
     project_file: Path | None = None
 
     @classmethod

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from envkit.errors import ConfigError
+from envkit.settings import Settings
 
 EGRESS_MODES = ("public", "nat", "endpoints")
 _TRUE = {"1", "true", "yes", "on"}
@@ -29,6 +30,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
 }
 
 
+# option name -> Settings field
+_SETTING = {name: "aws_" + ("azs" if name == "availability_zones" else name) for name in VARIABLES}
+
+
 @dataclass(frozen=True)
 class AwsOptions:
     """Network egress, database reachability and sizing of the stacks; ``explicit``: the names
@@ -45,11 +50,13 @@ class AwsOptions:
     explicit: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> AwsOptions:
-        """Read ``ENVKIT_AWS_*``; a bad value is a ``ConfigError`` naming the variable."""
+    def from_env(cls, env: Mapping[str, str], settings: Settings | None = None) -> AwsOptions:
+        """Read the settings (``ENVKIT_AWS_*``, ``[tool.envkit] aws_*``), else ``env``; a bad
+        value is a ``ConfigError`` naming the variable."""
         values: dict[str, object] = {}
         for name, (variable, _) in VARIABLES.items():
-            raw = env.get(variable, "").strip()
+            given = getattr(settings, _SETTING[name], None) if settings is not None else None
+            raw = (given if given is not None else env.get(variable, "")).strip()
             if raw:
                 values[name] = _parse(name, variable, raw)
         return cls(**values, explicit=frozenset(values))  # type: ignore[arg-type]

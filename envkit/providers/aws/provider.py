@@ -74,7 +74,7 @@ class AwsProvider:
         self.settings = settings
         self.env = dict(os.environ if env is None else env)
         self.region = aws_region(settings, self.env)
-        self.options = AwsOptions.from_env(self.env)
+        self.options = AwsOptions.from_env(self.env, settings)
         self.retry_delay = retry_delay
         self._automation = automation
         self._sweeper = sweeper
