@@ -98,3 +98,19 @@ def slow_program(directory: Path) -> Any:
         SlowFile("env-file", str(directory / "env.txt"))
 
     return program
+
+
+def wait_group_gone(pgid: int, timeout: float = 30) -> None:
+    """Wait until no process of the group is left (killed ones linger until reaped), as the
+    next run of a killed CI job only starts after the kill."""
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process group {pgid} outlived SIGKILL by {timeout} s")

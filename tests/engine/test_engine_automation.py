@@ -15,7 +15,7 @@ from typing import Any
 
 import pulumi
 import pytest
-from engine_programs import file_program
+from engine_programs import file_program, wait_group_gone
 from pulumi import automation as auto
 
 PROJECT = "envkit-engine"
@@ -144,6 +144,7 @@ def kill_during_up(backend: str, tmp_path: Path) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        wait_group_gone(proc.pid)
 
 
 def locks(backend: str) -> list[Path]:
