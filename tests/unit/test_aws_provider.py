@@ -39,10 +39,12 @@ OUTPUTS = {
 
 class Backend:
     """What a Pulumi backend keeps: state (outputs, pending operations) and locks, shared by
-    every runner; DIY backends (file://, s3://) have no stack tags, as `SupportsTags()` says."""
+    every runner. DIY backends (file://, s3://) refuse stack tags with older CLIs and keep them
+    with recent ones (``diy_tags``: the 3.276 CLI the engine tests run keeps them)."""
 
-    def __init__(self, url: str = "file:///state") -> None:
+    def __init__(self, url: str = "file:///state", *, diy_tags: bool = False) -> None:
         self.url = url
+        self.diy_tags = diy_tags
         self.states: dict[str, dict[str, Any]] = {}
         self.locks: dict[str, str] = {}  # stack -> the holder line of the DIY lock message
 
@@ -105,7 +107,9 @@ class FakeStack:
         self.config.update(values)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        if not self.backend.url.startswith(("https://", "http://")):
+        # A DIY backend refuses with older CLIs, keeps them with recent ones (the engine tests
+        # show the 3.276 CLI keeping them): Backend.diy_tags says which this one models.
+        if not self.backend.url.startswith(("https://", "http://")) and not self.backend.diy_tags:
             raise AutomationFailure("error: the current backend does not support stack tags")
         self.tags.update(tags)
 
@@ -233,13 +237,31 @@ def test_up_creates_the_stack_named_after_the_pipeline_with_config_tags_and_prog
 def test_diy_backends_get_no_stack_tags_and_keep_expiry_and_owner_in_config(
     tmp_path: Path, url: str
 ) -> None:
-    # Defect 1: `pulumi stack tag set` fails on DIY backends; envkit's default is file://.
+    # Defect 1: `pulumi stack tag set` fails on DIY backends with older CLIs; envkit's default
+    # is file://. The refusal is not an error there: expiry and owner live in config/outputs.
     automation = FakeAutomation(backend=Backend(url))
     provider(tmp_path, automation).provision(request()[0])
     stack = automation.stacks["pr-42"]
     assert stack.tags == {} and stack.calls == ["up"]
     assert stack.config["envkit:expiresAt"] == ("2030-01-01T04:00:00Z", False)
     assert stack.config["envkit:owner"][0] == "ci#7 runner"
+    # A recent CLI keeps them on the same backend: then they are set too.
+    keeping = FakeAutomation(backend=Backend(url, diy_tags=True))
+    provider(tmp_path, keeping).provision(request()[0])
+    assert keeping.stacks["pr-42"].tags["envkit:pipeline-id"] == "pr-42"
+
+
+def test_a_service_backend_refusing_stack_tags_is_an_error(tmp_path: Path) -> None:
+    automation = FakeAutomation(backend=Backend("https://api.pulumi.com"))
+    automation.supports_tags = True
+
+    def refuse(tags: Mapping[str, str]) -> None:
+        raise AutomationFailure("error: 403 forbidden")
+
+    stack = automation.create_or_select("pr-42")
+    stack.set_tags = refuse  # type: ignore[method-assign]
+    with pytest.raises(ProvisionError, match="tag"):
+        provider(tmp_path, automation).provision(request()[0])
 
 
 def test_supports_tags_only_on_service_backends() -> None:

@@ -47,13 +47,14 @@ class StackMissing(AutomationFailure):
 
 Progress = Callable[[str], None]
 
-# Schemes of the DIY backends (file, object stores, SQL): they have no stack tags
-# (`pulumi stack tag set` fails there), unlike the Pulumi Cloud / self-hosted service.
+# Schemes of the DIY backends (file, object stores, SQL): older CLIs refuse stack tags there
+# (`pulumi stack tag set` fails); recent ones (3.276, checked by the engine tests) keep them.
 DIY_SCHEMES = ("file://", "s3://", "gs://", "azblob://", "postgres://", "postgresql://")
 
 
 def supports_tags(backend: str) -> bool:
-    """Whether stack tags exist on ``backend`` (the HTTP service backends only)."""
+    """Whether ``backend`` surely keeps stack tags (the HTTP service backends); on a DIY one it
+    depends on the CLI's version, so a refusal there is expected, not an error."""
     return backend.startswith(("https://", "http://")) and not backend.startswith(DIY_SCHEMES)
 
 
@@ -104,7 +105,7 @@ class StackHandle(Protocol):
         ...
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        """Set stack tags; only service backends have them (see ``supports_tags``)."""
+        """Set stack tags (a DIY backend of an older CLI refuses: see ``supports_tags``)."""
         ...
 
     def outputs(self) -> dict[str, Any]:
@@ -144,7 +145,7 @@ class StackHandle(Protocol):
 class Automation(Protocol):
     """Creates, selects and removes stacks of the ``envkit`` project."""
 
-    supports_tags: bool  # stack tags exist on Pulumi Cloud / self-hosted service only
+    supports_tags: bool  # stack tags surely exist (Pulumi Cloud / self-hosted service)
 
     def create_or_select(self, stack_name: str) -> StackHandle:
         """The stack, created when absent."""

@@ -160,15 +160,22 @@ class AwsProvider:
         self._secrets.append(password)
         values = self._config_values(stack, config.to_config())
         self._call(lambda: stack.set_config(values), ProvisionError, "configure")
-        if automation.supports_tags:
-            # The expiry and owner reach the backend on every kind of backend anyway: as
-            # resource tags (the sweep) and as the stack outputs envkit_expires_at/envkit_owner.
-            tags = {
-                TAG_PIPELINE_ID: pipeline_id,
-                TAG_EXPIRES_AT: record.expires_at,
-                TAG_OWNER: aws_tag_value(record.owner),
-            }
+        # The expiry and owner reach the backend on every kind of backend anyway: as resource
+        # tags (the sweep), stack config and the stack outputs envkit_expires_at/envkit_owner.
+        # Stack tags come on top where the backend keeps them: service backends always do; a
+        # DIY one (file://, s3://) does with recent CLIs and refuses with older ones.
+        tags = {
+            TAG_PIPELINE_ID: pipeline_id,
+            TAG_EXPIRES_AT: record.expires_at,
+            TAG_OWNER: aws_tag_value(record.owner),
+        }
+        try:
             self._call(lambda: stack.set_tags(tags), ProvisionError, "tag")
+        except ProvisionError as exc:
+            if automation.supports_tags:
+                raise
+            log.info("the backend keeps no stack tags (%s); expiry and owner are in the stack "
+                     "outputs", exc.message)
         request.timings["stack"] = time.perf_counter() - started
 
         started = time.perf_counter()

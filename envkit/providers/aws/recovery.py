@@ -17,13 +17,13 @@ A run killed mid-``up`` leaves two things in the backend, and the order of their
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from envkit.errors import LockedError
+from envkit.processes import process_alive
 from envkit.providers.aws.automation import LockHolder, StackHandle, StackLocked, first_line
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,8 @@ def holder_is_dead(
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+    """Whether the lock's holder runs: a killed one nobody reaped yet (a zombie) does not."""
+    return process_alive(pid, {})
 
 
 def with_recovery(stack: StackHandle, action: Callable[[], Any], what: str) -> Any:
