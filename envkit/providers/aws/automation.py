@@ -11,6 +11,7 @@ Recovery after a killed run (stale lock, pending operations):
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -87,6 +88,24 @@ def lock_holders_in(text: str) -> list[LockHolder]:
     return found
 
 
+@dataclass(frozen=True)
+class StackListing:
+    """One stack of the project as the backend lists it."""
+
+    name: str
+    resources: int | None  # in its latest state, the root stack included (None: unknown)
+
+
+ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
+
+
+def resource_count(state: Mapping[str, Any]) -> int:
+    """How many resources an exported state holds besides the root stack (which holds only the
+    outputs: a stack with nothing else is empty, and ``pulumi stack rm`` accepts it)."""
+    resources = (state.get("deployment") or {}).get("resources") or []
+    return sum(1 for r in resources if r.get("type") != ROOT_STACK_TYPE)
+
+
 class StackHandle(Protocol):
     """The operations envkit needs on one stack."""
 
@@ -137,6 +156,10 @@ class StackHandle(Protocol):
         """``{"version": int, "deployment": {...}}`` as ``pulumi stack export`` prints it."""
         ...
 
+    def tags(self) -> dict[str, str]:
+        """The stack's tags, read without writing (``{}`` where the backend keeps none)."""
+        ...
+
     def import_state(self, state: Mapping[str, Any]) -> None:
         """Replace the stack's state (``pulumi stack import``)."""
         ...
@@ -157,6 +180,15 @@ class Automation(Protocol):
 
     def remove(self, stack_name: str) -> None:
         """Remove the (empty) stack and its history."""
+        ...
+
+    def list_stacks(self) -> list[StackListing]:
+        """Every stack of the project in the backend (a read: no lock, nothing written)."""
+        ...
+
+    def lock_holders(self, stack_name: str) -> list[LockHolder] | None:
+        """Who holds the stack's lock, read without taking it (``None``: this backend's locks
+        cannot be read so; only an operation that takes the lock finds out)."""
         ...
 
 
@@ -290,6 +322,12 @@ class PulumiStack:
         deployment = Deployment(version=state["version"], deployment=state["deployment"])
         self._run(lambda: self._stack.import_stack(deployment))
 
+    def tags(self) -> dict[str, str]:
+        try:
+            return {str(k): str(v) for k, v in self._run(self._stack.list_tags).items()}
+        except AutomationFailure:
+            return {}  # a DIY backend of an older CLI keeps no tags
+
 
 class PulumiAutomation:
     """:class:`Automation` over ``pulumi.automation`` with an inline program (``stacks/``)."""
@@ -379,6 +417,42 @@ class PulumiAutomation:
                 raise
             if not isinstance(failure, StackMissing):
                 raise failure from None
+
+    def list_stacks(self) -> list[StackListing]:
+        from pulumi import automation as auto
+
+        try:
+            found = auto.LocalWorkspace(**vars(self._options())).list_stacks()
+        except Exception as exc:
+            failure = translate(exc, self._secrets)
+            if failure is None:
+                raise
+            raise failure from None
+        return [StackListing(s.name, s.resource_count) for s in found]
+
+    def lock_holders(self, stack_name: str) -> list[LockHolder] | None:
+        # A file:// backend keeps each lock as a JSON file (pid, username, hostname, timestamp);
+        # other backends' locks are known only by trying to take them.
+        if not self.backend.startswith("file://"):
+            return None
+        folder = Path(self.backend.removeprefix("file://")) / ".pulumi" / "locks"
+        holders = []
+        for path in sorted(folder.glob(f"*/{PROJECT}/{stack_name}/*.json")):
+            try:
+                lock = json.loads(path.read_text(encoding="utf-8"))
+                created = datetime.fromisoformat(str(lock["timestamp"]).replace("Z", "+00:00"))
+                holder = LockHolder(
+                    str(lock["username"]), str(lock["hostname"]), int(lock["pid"]), created
+                )
+            except (OSError, ValueError, KeyError, TypeError):
+                # Unreadable: a holder that is neither dead nor identifiable keeps the stack.
+                holder = LockHolder("?", "?", 0, datetime.now(UTC))
+            holders.append(holder if holder.created.tzinfo else _utc(holder))
+        return holders
+
+
+def _utc(holder: LockHolder) -> LockHolder:
+    return LockHolder(holder.user, holder.host, holder.pid, holder.created.replace(tzinfo=UTC))
 
 
 def connect(

@@ -305,8 +305,9 @@ class AwsProvider:
         return []
 
     def reap_leftovers(self, options: ReapOptions) -> ReapReport:
-        """The tag sweep: delete the resources of expired pipelines found by their tags alone."""
-        report = ReapReport(dry_run=options.dry_run)
+        """The backend's expired stacks (:mod:`~envkit.providers.aws.stacks`), then the tag
+        sweep: the resources of expired pipelines found by their tags alone."""
+        report = self._reap_stacks(options)
         try:
             if self._sweeper is None:
                 from envkit.providers.aws.sweep import sweep
@@ -334,6 +335,30 @@ class AwsProvider:
         report.kept.extend(swept.kept)
         report.errors.extend(swept.errors)
         return report
+
+    def _reap_stacks(self, options: ReapOptions) -> ReapReport:
+        """The stacks of the project in the backend, decided from what is stored with them."""
+        from envkit.locking import is_locked
+        from envkit.providers.aws.prerequisites import default_backend
+        from envkit.providers.aws.stacks import StackReaper, backend_has_no_stacks
+        from envkit.state import StateStore
+
+        report = ReapReport(dry_run=options.dry_run)
+        if self._automation is None and backend_has_no_stacks(default_backend(self.settings)):
+            return report  # connecting would create the backend and a passphrase: nothing to do
+        try:
+            automation = self.automation()
+        except EnvkitError as exc:
+            report.errors.append({"pipeline_id": None, "kind": "stack", "error": exc.message})
+            return report
+        store = StateStore(self.settings.home)
+        return StackReaper(
+            automation,
+            options,
+            destroy=lambda stack: self._destroy_stack(automation, stack, refreshed=True),
+            locally_busy=lambda name: is_locked(store.lock_path(name)),
+            secrets_=self._secrets,
+        ).run()
 
     def destroy(self, pipeline_id: str, record: Record | None) -> None:
         automation = self.automation()
@@ -364,10 +389,13 @@ class AwsProvider:
                 hint="Run 'envkit down' again, or 'envkit reap --provider aws' later.",
             )
 
-    def _destroy_stack(self, automation: Automation, stack: StackHandle) -> None:
+    def _destroy_stack(
+        self, automation: Automation, stack: StackHandle, *, refreshed: bool = False
+    ) -> None:
         def attempt() -> None:
             # Refresh first: resources deleted outside Pulumi would otherwise fail the destroy.
-            stack.refresh(_log_progress)
+            if number > 1 or not refreshed:
+                stack.refresh(_log_progress)
             stack.destroy(_log_progress)
 
         for number in range(1, DESTROY_ATTEMPTS + 1):

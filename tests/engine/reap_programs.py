@@ -1,0 +1,55 @@
+"""Programs for the reap tests: stacks holding files, storing envkit's expiry and owner.
+
+The dynamic provider is pickled by reference, so it lives in this importable module (the
+conftest puts its folder on the provider process's PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from engine_programs import FileProvider
+from pulumi import dynamic
+
+
+class PausingDeleteProvider(FileProvider):
+    """Deletes its file; while a ``pause-delete`` marker sits beside it, the first delete takes
+    the marker, announces itself (``deleting``) and blocks until the run is killed."""
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        import os
+        import time
+
+        path = Path(props["path"])
+        marker = path.with_name("pause-delete")
+        if marker.exists():
+            marker.unlink()
+            parent = os.getppid()
+            path.with_name("deleting").touch()
+            deadline = time.monotonic() + 600
+            while os.getppid() == parent and time.monotonic() < deadline:
+                time.sleep(0.2)
+            return
+        super().delete(_id, props)
+
+
+class PausingFile(dynamic.Resource):
+    """A file whose delete can be made to block (see :class:`PausingDeleteProvider`)."""
+
+    def __init__(self, name: str, path: str) -> None:
+        super().__init__(PausingDeleteProvider(), name, {"path": path, "text": "x"}, None)
+
+
+def envkit_program(directory: Path, files: tuple[str, ...], expires_at: str) -> Any:
+    """An inline program: ``files`` under ``directory``, and the outputs envkit's own program
+    exports for a reap (``envkit_expires_at``, ``envkit_owner``)."""
+
+    def program() -> None:
+        for name in files:
+            PausingFile(name, str(directory / f"{name}.txt"))
+        pulumi.export("envkit_expires_at", expires_at)
+        pulumi.export("envkit_owner", "ci")
+
+    return program
