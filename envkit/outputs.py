@@ -45,11 +45,20 @@ def visible(outputs: Mapping[str, str], show_secrets: bool) -> dict[str, str]:
 
 
 def render_env(outputs: Mapping[str, str], *, show_secrets: bool) -> str:
-    """``KEY=value`` lines (dotenv; values quoted when needed), sourceable by sh."""
+    """``KEY=value`` lines (dotenv; values quoted when needed), sourceable by sh.
+
+    Without ``show_secrets`` the secret variables are left out, not masked, and a comment names
+    them: ``eval "$(envkit outputs ID --format env)"`` must not quietly set a URL whose
+    password is asterisks."""
+    hidden = [] if show_secrets else secret_keys(outputs)
     lines = []
-    for key, value in visible(outputs, show_secrets).items():
+    for key, value in outputs.items():
+        if key in hidden:
+            continue
         shown = value if _SAFE_ENV_VALUE.fullmatch(value) else shlex.quote(value)
         lines.append(f"{key}={shown}")
+    if hidden:
+        lines.append(f"# not set here (secrets): {' '.join(hidden)}; add --show-secrets for them")
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,6 +126,7 @@ def run(
         raise ConfigError(
             "No command to run.", hint="Put it after '--': envkit run [ID] -- pytest -x"
         )
+    check_command(command[0], env if env is not None else os.environ)
     signals = _Signals()
     with signals.installed():
         try:
@@ -151,6 +153,27 @@ def run(
             _best_effort(ctx, lambda: lifecycle.forget_run(ctx, marker))
         interrupted = signals.received is not None
         return _finish(ctx, code, interrupted, record, on_success, on_failure, preserve_ttl or ttl)
+
+
+class CommandNotFoundError(ConfigError):
+    """The command to run does not exist (a typo): nothing is created, and the exit code is a
+    shell's, 127."""
+
+    exit_code = 127
+
+
+def check_command(name: str, environ: Mapping[str, str]) -> None:
+    """Refuse a command that cannot run before anything is brought up (a typo would otherwise
+    leave an environment preserved for a day)."""
+    if os.sep in name:
+        found = name if os.path.isfile(name) and os.access(name, os.X_OK) else None
+    else:
+        found = shutil.which(name, path=environ.get("PATH", os.defpath))
+    if found is None:
+        raise CommandNotFoundError(
+            f"The command {name!r} was not found (or is not executable); nothing was created.",
+            hint="Check its name and PATH; envkit runs it as given after '--'.",
+        )
 
 
 def _track(ctx: Plan) -> str | None:

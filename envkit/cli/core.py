@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -185,9 +186,16 @@ def status(
     if as_json:
         print_json(data)
         return
+    out = console()
     for key, value in data.items():
-        if value not in (None, {}, ""):
-            console().print(f"{key:<12} {value}")
+        if isinstance(value, dict):  # timings: one aligned line each, in seconds
+            if value:
+                out.print(f"{key:<12}", highlight=False)
+                for name, number in value.items():
+                    shown = f"{number:.3f}s" if isinstance(number, int | float) else str(number)
+                    out.print(f"  {name:<22} {shown:>9}", highlight=False)
+        elif value not in (None, ""):
+            out.print(f"{key:<12} {value}", highlight=False)
 
 
 @app.command("list")
@@ -203,6 +211,13 @@ def list_(
     if not described:
         console().print("No environments.")
         return
+    if not sys.stdout.isatty():  # a CI log or a pipe: whole values, aligned, never cut
+        columns = ("pipeline_id", "provider", "status", "created_at", "expires_at", "owner")
+        rows = [[_list_cell(r, c) for c in columns] for r in described]
+        widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+        for row in [list(columns), *rows]:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        return
     from rich.table import Table
 
     table = Table("pipeline", "provider", "status", "created", "expires", "owner")
@@ -211,6 +226,13 @@ def list_(
         table.add_row(*(str(r[k]) for k in ("pipeline_id", "provider")), shown,
                       *(str(r[k]) for k in ("created_at", "expires_at", "owner")))
     console().print(table)
+
+
+def _list_cell(row: dict[str, object], column: str) -> str:
+    value = str(row.get(column) or "")
+    if column == "status" and not row.get("alive", True):
+        value += " (not running)"
+    return value
 
 
 @app.command()

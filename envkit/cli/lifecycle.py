@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -51,6 +52,7 @@ def run(
     pipeline_id: PipelineArg = None,
     provider: ProviderOpt = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset to load (seeds/).")] = None,
+    no_seed: Annotated[bool, typer.Option("--no-seed", help="Load no dataset.")] = False,
     ttl: Annotated[
         str | None,
         typer.Option(
@@ -78,7 +80,10 @@ def run(
         raise typer.BadParameter("give the command after '--', e.g. envkit run pr-1 -- pytest")
     lifetime = parse_duration(ttl, what="TTL") if ttl is not None else None
     keep_for = parse_duration(preserve_ttl, what="TTL") if preserve_ttl is not None else None
-    run_ctx = Plan.build(pipeline_id, settings(provider=provider, dataset=dataset))
+    run_ctx = Plan.build(
+        pipeline_id, settings(provider=provider, dataset=dataset), seed=not no_seed
+    )
+    runner.check_command(command[0], os.environ)  # a typo: exit 127 before anything is made
     err = error_console()
     err.print(f"envkit: bringing up {run_ctx.pipeline_id}…")
     result = runner.run(

@@ -75,7 +75,9 @@ def test_up_format_github_outside_actions_prints_no_secret(envkit_home: Path) ->
     password = password_of("gh-plain")
     assert password not in result.stdout + result.stderr
     assert "::add-mask::" not in result.stdout
-    assert "DATABASE_PASSWORD='********'" in result.stdout.splitlines()
+    lines = result.stdout.splitlines()
+    assert not any(line.startswith(("DATABASE_PASSWORD=", "DATABASE_URL=")) for line in lines)
+    assert "add --show-secrets" in lines[-1]
     again = envkit("outputs", "gh-plain", "--format", "github", env=env)
     assert again.returncode == 0, again.stderr
     assert password not in again.stdout + again.stderr
