@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import math
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -54,6 +55,15 @@ def _provider(value: str) -> str:
             f"Unknown provider {value!r}.", hint=f"Choose one of: {', '.join(PROVIDERS)}."
         )
     return value
+
+
+def _postgres_version(value: str) -> str:
+    if not re.fullmatch(r"\d+(\.\d+)?", value.strip()):
+        raise ConfigError(
+            f"ENVKIT_POSTGRES_VERSION (--postgres) must be a PostgreSQL version such as 15, 18 "
+            f"or 18.6, not {value!r}."
+        )
+    return value.strip()
 
 
 def _path(value: str) -> Path:
@@ -188,6 +198,7 @@ _TABLE: tuple[_Field, ...] = (
     _Field("seed_scale", _number("seed_scale"), "ENVKIT_SEED_SCALE"),
     _Field("stacks_dir", _path, "ENVKIT_STACKS_DIR"),
     _Field("pg_bindir", _path, "ENVKIT_PG_BINDIR"),
+    _Field("postgres_version", _postgres_version, "ENVKIT_POSTGRES_VERSION"),
     _Field("data_dir", _path, "ENVKIT_DATA_DIR"),
     _Field("pg_user", str, "ENVKIT_PG_USER"),
     _Field("owner", str, "ENVKIT_OWNER"),
@@ -232,6 +243,7 @@ class Settings:
     seed_scale: float = 1.0
     stacks_dir: Path | None = None
     pg_bindir: Path | None = None
+    postgres_version: str | None = None  # picks among the installations found (envkit.pgbin)
     data_dir: Path | None = None
     pg_user: str | None = None
     owner: str = ""
@@ -298,6 +310,9 @@ class Settings:
             object.__setattr__(self, name, _check_number(name, getattr(self, name)))
         for name in ("ttl", "preserve_ttl", "template_ttl"):
             _check_ttl(name, getattr(self, name))
+        if self.postgres_version is not None:  # a library caller may pass 15, not "15"
+            version = _postgres_version(str(self.postgres_version))
+            object.__setattr__(self, "postgres_version", version)
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields replaced."""

