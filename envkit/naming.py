@@ -65,23 +65,55 @@ def normalise(raw: str) -> str:
     return folded
 
 
-# (variables that must all be set, how to build the raw ID from them), first match wins.
-_CI_SOURCES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("GitHub Actions", ("GITHUB_RUN_ID", "GITHUB_RUN_ATTEMPT")),
-    ("GitLab CI", ("CI_PIPELINE_ID", "CI_JOB_ID")),
-    ("Buildkite", ("BUILDKITE_BUILD_ID",)),
-    ("CircleCI", ("CIRCLE_WORKFLOW_ID",)),
-    ("Jenkins", ("BUILD_TAG",)),
+@dataclass(frozen=True)
+class _CiSource:
+    """Where a CI system keeps the ID of the running pipeline: ``key`` is the same in every job
+    and every re-run of a job of one pipeline; ``scope`` (optional) names the repository or
+    project, so that runners shared by several of them never see two pipelines share an ID."""
+
+    system: str
+    key: str
+    scope: str | None = None
+
+    def describe(self) -> str:
+        names = f"{self.scope} + {self.key}" if self.scope else self.key
+        return f"{self.system} ({names})"
+
+
+# First match wins. Nothing that changes between the jobs of a pipeline or between attempts of a
+# job belongs here: GitHub's GITHUB_RUN_ATTEMPT grows on "Re-run failed jobs" (whose provision
+# job is not run again), GitLab's CI_JOB_ID differs per job and per retry, and CircleCI's
+# "Rerun workflow from failed" starts a new workflow ID while keeping its workspace ID.
+_CI_SOURCES: tuple[_CiSource, ...] = (
+    _CiSource("GitHub Actions", "GITHUB_RUN_ID", "GITHUB_REPOSITORY"),
+    _CiSource("GitLab CI", "CI_PIPELINE_ID", "CI_PROJECT_PATH"),
+    _CiSource("Buildkite", "BUILDKITE_BUILD_ID"),
+    _CiSource("CircleCI", "CIRCLE_WORKFLOW_WORKSPACE_ID"),
+    _CiSource("CircleCI", "CIRCLE_WORKFLOW_ID"),
+    _CiSource("Jenkins", "BUILD_TAG"),  # jenkins-<job>-<build number>: one per build
 )
 
 
 def detect_pipeline_id(env: Mapping[str, str]) -> str | None:
     """The pipeline ID a CI system implies through its variables, normalised, or ``None``."""
-    for _system, names in _CI_SOURCES:
-        values = [env.get(name, "").strip() for name in names]
-        if all(values):
-            return normalise("-".join(values))
+    for source in _CI_SOURCES:
+        key = env.get(source.key, "").strip()
+        if not key:
+            continue
+        scope = env.get(source.scope, "").strip() if source.scope else ""
+        return _scoped(scope, key) if scope else normalise(key)
     return None
+
+
+def _scoped(scope: str, key: str) -> str:
+    """``<scope>-<key>`` as a pipeline ID; when too long, the scope is cut (with a hash of it)
+    rather than the key, so the run or pipeline number stays readable in ``envkit list``."""
+    folded_scope = _INVALID_RUN.sub("-", scope.lower()).strip("-")
+    folded_key = _INVALID_RUN.sub("-", key.lower()).strip("-")
+    room = MAX_ID_LENGTH - len(folded_key) - 1
+    if len(folded_scope) <= room or not folded_scope or not folded_key or room < 16:
+        return normalise(f"{scope}-{key}")
+    return f"{shorten(folded_scope, room, digest_of=scope)}-{folded_key}"
 
 
 def resolve_pipeline_id(explicit: str | None, env: Mapping[str, str]) -> str:
@@ -94,7 +126,7 @@ def resolve_pipeline_id(explicit: str | None, env: Mapping[str, str]) -> str:
         return validate_pipeline_id(named)
     detected = detect_pipeline_id(env)
     if detected is None:
-        systems = ", ".join(f"{system} ({' + '.join(names)})" for system, names in _CI_SOURCES)
+        systems = ", ".join(source.describe() for source in _CI_SOURCES)
         raise ConfigError(
             "No pipeline ID was given and none could be detected.",
             hint="Pass one (e.g. 'envkit up pr-42'), set ENVKIT_PIPELINE_ID, or run in CI; "

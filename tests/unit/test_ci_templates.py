@@ -226,3 +226,38 @@ def test_checker_rejects_what_the_cli_rejects(cli: Any) -> None:
     check_invocation(cli, ["up", "x", "--format", "github"])
     check_invocation(cli, ["--help"])
     check_invocation(cli, ["down", "--help"])
+
+
+def job_scripts(data: dict[Any, Any]) -> Iterator[tuple[str, list[str]]]:
+    """Each job of a template and its scripts in the order they run (GitLab's default
+    ``before_script`` first)."""
+    if "jobs" in data:  # GitHub
+        for name, job in data["jobs"].items():
+            yield name, [step["run"] for step in job["steps"] if "run" in step]
+        return
+    default = data.get("default", {}).get("before_script", [])
+    for name, job in data.items():
+        if isinstance(job, dict) and "script" in job:
+            yield name, [*job.get("before_script", default), *job["script"]]
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
+def test_templates_install_envkit_into_a_venv_first(path: Path) -> None:
+    """envkit is not on PyPI, and Debian 12 / Ubuntu 24.04 refuse ``pip install`` into the
+    system Python: every job installs ``$ENVKIT_INSTALL`` (a git URL, a wheel or a path) with a
+    venv's pip before its first envkit command."""
+    text = path.read_text(encoding="utf-8")
+    data = load(path)
+    install = (data.get("env") or data.get("variables") or {}).get("ENVKIT_INSTALL", "")
+    assert re.fullmatch(r"envkit(\[\w+\])? @ git\+https://\S+", install), install
+    assert not re.search(r"pip install[^\n]*\benvkit\b", text), "envkit is not on PyPI"
+    for job, steps in job_scripts(data):
+        runs = [bool(list(envkit_invocations(script))) for script in steps]
+        if not any(runs):
+            continue
+        first = runs.index(True)
+        before = "\n".join(steps[:first])
+        assert "-m venv " in before, f"{path.name}: job {job} makes no venv before envkit"
+        assert re.search(r'venv/bin/pip"? install [^\n]*"\$ENVKIT_INSTALL"', before), (
+            f"{path.name}: job {job} does not install $ENVKIT_INSTALL with the venv's pip"
+        )

@@ -35,16 +35,69 @@ def test_good_ids(raw: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize("env,expected", [
-    ({"GITHUB_RUN_ID": "123", "GITHUB_RUN_ATTEMPT": "2"}, "123-2"),
-    ({"CI_PIPELINE_ID": "77", "CI_JOB_ID": "901"}, "77-901"),
+    ({"GITHUB_RUN_ID": "123", "GITHUB_RUN_ATTEMPT": "2"}, "123"),
+    ({"GITHUB_REPOSITORY": "Octo-Org/My_App", "GITHUB_RUN_ID": "123"}, "octo-org-my-app-123"),
+    ({"CI_PIPELINE_ID": "77", "CI_JOB_ID": "901"}, "77"),
+    ({"CI_PROJECT_PATH": "group/sub/project", "CI_PIPELINE_ID": "77", "CI_JOB_ID": "901"},
+     "group-sub-project-77"),
     ({"BUILD_TAG": "jenkins-My Job/feature_x-12"}, "jenkins-my-job-feature-x-12"),
     ({"BUILDKITE_BUILD_ID": "0190C1A2-AAAA"}, "0190c1a2-aaaa"),
     ({"CIRCLE_WORKFLOW_ID": "abc-DEF"}, "abc-def"),
-    ({"GITHUB_RUN_ID": "123"}, None),  # attempt missing: not a complete GitHub ID
+    # "Rerun workflow from failed" gives a new workflow ID and keeps the workspace ID
+    ({"CIRCLE_WORKFLOW_ID": "abc-def", "CIRCLE_WORKFLOW_WORKSPACE_ID": "ws-1"}, "ws-1"),
+    ({"GITHUB_RUN_ATTEMPT": "1", "GITHUB_REPOSITORY": "o/r"}, None),  # no run ID: not a run
+    ({"CI_JOB_ID": "901", "CI_PROJECT_PATH": "g/p"}, None),
     ({}, None),
 ])
 def test_detect_from_ci(env: dict[str, str], expected: str | None) -> None:
     assert detect_pipeline_id(env) == expected
+
+
+# What one pipeline's jobs and re-runs see: (the variables they share, what varies per job/run).
+ONE_PIPELINE = {
+    "github": ({"GITHUB_REPOSITORY": "octo-org/app", "GITHUB_RUN_ID": "9001"},
+               [{"GITHUB_RUN_ATTEMPT": str(n), "GITHUB_JOB": job}
+                for n in (1, 2, 3) for job in ("provision", "test", "clean-up")]),
+    "gitlab": ({"CI_PROJECT_PATH": "group/app", "CI_PROJECT_ID": "12", "CI_PIPELINE_ID": "555"},
+               [{"CI_JOB_ID": str(n), "CI_JOB_NAME": f"job-{n}"} for n in (1, 2, 3, 4)]),
+    "circleci": ({"CIRCLE_WORKFLOW_WORKSPACE_ID": "ws-1"},
+                 [{"CIRCLE_WORKFLOW_ID": w, "CIRCLE_JOB": j} for w in ("wf-1", "wf-2")
+                  for j in ("up", "test")]),
+    "buildkite": ({"BUILDKITE_BUILD_ID": "0190c1a2"},
+                  [{"BUILDKITE_JOB_ID": j, "BUILDKITE_RETRY_COUNT": r} for j in ("a", "b")
+                   for r in ("0", "1")]),
+}
+
+
+@pytest.mark.parametrize("ci", list(ONE_PIPELINE))
+def test_every_job_and_rerun_of_a_pipeline_names_one_environment(ci: str) -> None:
+    shared, per_job = ONE_PIPELINE[ci]
+    ids = {detect_pipeline_id({**shared, **varying}) for varying in per_job}
+    assert len(ids) == 1 and None not in ids, ids
+
+
+def test_pipelines_of_other_repositories_get_other_ids() -> None:
+    a = detect_pipeline_id({"GITHUB_REPOSITORY": "org/a", "GITHUB_RUN_ID": "1"})
+    b = detect_pipeline_id({"GITHUB_REPOSITORY": "org/b", "GITHUB_RUN_ID": "1"})
+    c = detect_pipeline_id({"CI_PROJECT_PATH": "org/a", "CI_PIPELINE_ID": "1"})
+    d = detect_pipeline_id({"CI_PROJECT_PATH": "org/b", "CI_PIPELINE_ID": "1"})
+    assert len({a, b}) == 2 and len({c, d}) == 2
+
+
+def test_long_repository_names_keep_the_run_id_readable() -> None:
+    repo = "an-organisation-with-a-long-name/" + "a-repository-name-that-goes-on" * 3
+    ids = {
+        detect_pipeline_id({"GITHUB_REPOSITORY": repo + suffix, "GITHUB_RUN_ID": "12345678901"})
+        for suffix in ("-x", "-y")
+    }
+    assert len(ids) == 2
+    for value in ids:
+        assert value is not None and value.endswith("-12345678901")
+        assert len(value) <= MAX_ID_LENGTH and validate_pipeline_id(value) == value
+    # an ID of a CI that gives one long value is cut with a hash suffix of the whole value
+    long_key = detect_pipeline_id({"GITHUB_REPOSITORY": "o/r", "GITHUB_RUN_ID": "9" * 70})
+    assert long_key is not None and len(long_key) <= MAX_ID_LENGTH
+    assert validate_pipeline_id(long_key) == long_key
 
 
 def test_explicit_wins_and_missing_is_config_error() -> None:
