@@ -81,7 +81,18 @@ class SlowFileProvider(FileProvider):
         deadline = time.monotonic() + 600
         while os.getppid() == parent and time.monotonic() < deadline:
             time.sleep(0.2)
+        _exit_if_orphaned(parent)
         return super().create(props)
+
+
+def _exit_if_orphaned(parent: int) -> None:
+    """End this provider process when the engine that started it is gone: the CLI runs its
+    plugins in their own process groups, so a SIGKILL of the run's group leaves them idle for
+    good otherwise."""
+    import os
+
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 class SlowFile(dynamic.Resource):
@@ -114,3 +125,114 @@ def wait_group_gone(pgid: int, timeout: float = 30) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"process group {pgid} outlived SIGKILL by {timeout} s")
+
+
+# -- AWS stand-ins: dynamic resources whose create/delete call boto3 (against moto in server
+# mode, through AWS_ENDPOINT_URL), tagged as envkit tags everything. ----------------------------
+def _ec2(props: dict[str, Any]) -> Any:
+    import boto3
+
+    return boto3.session.Session(region_name=props["region"]).client("ec2")
+
+
+def _tag_spec(kind: str, tags: dict[str, str]) -> list[dict[str, Any]]:
+    return [{"ResourceType": kind, "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
+
+
+def _pause_if_asked(props: dict[str, Any]) -> None:
+    """After the AWS call, before the create returns: announce it with a marker file, then
+    sleep (the test kills the run there); once the engine is gone, end the process too."""
+    import os
+    import time
+
+    marker = props.get("pause_marker")
+    if not marker:
+        return
+    parent = os.getppid()
+    Path(marker).touch()
+    deadline = time.monotonic() + float(props.get("pause_seconds", 30))
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _exit_if_orphaned(parent)
+
+
+def _unless_gone(action: Any, *gone: str) -> None:
+    from botocore.exceptions import ClientError
+
+    try:
+        action()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in gone:
+            raise
+
+
+class VpcProvider(dynamic.ResourceProvider):
+    """An EC2 VPC (the aws plugin's ``ec2.Vpc``, in miniature)."""
+
+    def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
+        vpc = _ec2(props).create_vpc(
+            CidrBlock=props["cidr"], TagSpecifications=_tag_spec("vpc", props["tags"])
+        )["Vpc"]["VpcId"]
+        _pause_if_asked(props)
+        return dynamic.CreateResult(id_=vpc, outs=dict(props))
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        _unless_gone(lambda: _ec2(props).delete_vpc(VpcId=id_), "InvalidVpcID.NotFound")
+
+
+class SecurityGroupProvider(dynamic.ResourceProvider):
+    """An EC2 security group in a VPC, auto-named as the aws plugin names it (a random suffix),
+    so a create retried after a killed run does not collide with its orphan."""
+
+    def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
+        name = f"{props['name']}-{uuid.uuid4().hex[:7]}"
+        group = _ec2(props).create_security_group(
+            GroupName=name, Description="envkit engine tier", VpcId=props["vpc_id"],
+            TagSpecifications=_tag_spec("security-group", props["tags"]),
+        )["GroupId"]
+        _pause_if_asked(props)
+        return dynamic.CreateResult(id_=group, outs={**props, "group_name": name})
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        _unless_gone(
+            lambda: _ec2(props).delete_security_group(GroupId=id_), "InvalidGroup.NotFound"
+        )
+
+
+class Vpc(dynamic.Resource):
+    """A :class:`VpcProvider` resource."""
+
+    def __init__(
+        self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__(VpcProvider(), name, props, opts)
+
+
+class SecurityGroup(dynamic.Resource):
+    """A :class:`SecurityGroupProvider` resource."""
+
+    group_name: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__(SecurityGroupProvider(), name, {"group_name": None, **props}, opts)
+
+
+def aws_program(
+    tags: dict[str, str], region: str, pause_marker: Path | None = None
+) -> Any:
+    """An inline program of a VPC and a security group in it, both tagged with ``tags``; with
+    ``pause_marker`` the group's create pauses after its AWS call (see ``_pause_if_asked``)."""
+
+    def program() -> None:
+        common = {"region": region, "tags": tags}
+        vpc = Vpc("vpc", {**common, "cidr": "10.42.0.0/16"})
+        pause = {"pause_marker": str(pause_marker)} if pause_marker else {}
+        group = SecurityGroup(
+            "pg", {**common, **pause, "name": "envkit-pg", "vpc_id": vpc.id}
+        )
+        pulumi.export("vpc_id", vpc.id)
+        pulumi.export("group_id", group.id)
+
+    return program
