@@ -450,6 +450,22 @@ def test_destroy_refreshes_retries_removes_the_stack_and_sweeps_by_tag(tmp_path:
     assert sweeper.calls[0]["region"] == "eu-west-1"
 
 
+def test_a_dependency_violation_sweeps_the_untracked_leftovers_before_the_retry(
+    tmp_path: Path,
+) -> None:
+    # An orphan Pulumi does not track (a killed run's last create) keeps the VPC in use: the
+    # retry alone would fail the same way until the attempts run out.
+    automation = FakeAutomation(script=[AutomationFailure("DependencyViolation: sg in use")])
+    sweeper = FakeSweeper()
+    provider(tmp_path, automation, sweeper).destroy("pr-42", None)
+    assert [c["pipeline_id"] for c in sweeper.calls] == ["pr-42", "pr-42"]  # between, after
+    assert automation.removed == ["pr-42"]
+    other = FakeAutomation(script=[AutomationFailure("RequestLimitExceeded")])
+    quiet = FakeSweeper()
+    provider(tmp_path, other, quiet).destroy("pr-42", None)
+    assert len(quiet.calls) == 1  # only the confirmation after the destroy
+
+
 def test_destroy_gives_up_after_the_retries_with_a_teardown_error(tmp_path: Path) -> None:
     automation = FakeAutomation(script=[AutomationFailure("boom")] * 3)
     with pytest.raises(TeardownError, match="failed 3 times"):

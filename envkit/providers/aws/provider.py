@@ -411,13 +411,19 @@ class AwsProvider:
                         "leftovers by tag.",
                     ) from None
                 delay = self.retry_delay * 2 ** (number - 1)
+                dependency = "DependencyViolation" in text
                 log.warning(
                     "destroy of %s failed (%s%s); retrying in %.0fs",
                     stack.name,
-                    "dependency violation: " if "DependencyViolation" in text else "",
+                    "dependency violation: " if dependency else "",
                     first_line(text),
                     delay,
                 )
+                if dependency:
+                    # Something Pulumi does not track holds on to what it tracks (a resource a
+                    # killed run created after its last checkpoint, say): delete what carries
+                    # the pipeline's tag, then refresh and destroy again.
+                    self.sweep(stack.name)
                 time.sleep(delay)
         automation.remove(stack.name)
 
