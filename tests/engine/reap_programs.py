@@ -31,6 +31,8 @@ class PausingDeleteProvider(FileProvider):
             deadline = time.monotonic() + 600
             while os.getppid() == parent and time.monotonic() < deadline:
                 time.sleep(0.2)
+            if os.getppid() != parent:  # the engine was killed: end this provider process too
+                os._exit(1)
             return
         super().delete(_id, props)
 
