@@ -406,13 +406,22 @@ def envkit_outputs(envkit_env: Environment) -> dict[str, str]:
 def envkit_db(envkit_env: Environment) -> Iterator[psycopg.Connection[Any]]:
     """A psycopg connection in a transaction rolled back after the test.
 
-    ``commit()`` inside the test raises (psycopg forbids it within a transaction block), which
-    is what keeps one test's writes from leaking into the next; ``conn.transaction()`` inside
-    the test nests as a savepoint.
+    ``commit()`` inside the test raises, saying why: it would leak the test's writes into the
+    next test. ``conn.transaction()`` inside the test nests as a savepoint.
     """
     import psycopg
 
     conn = envkit_env.connect(autocommit=True)
+
+    def refuse_commit() -> None:
+        raise psycopg.ProgrammingError(
+            "envkit_db rolls back everything a test wrote when the test ends, so commit() is "
+            "not allowed on it (the writes would leak into the next test). Use "
+            "conn.transaction() for a savepoint, or envkit_env.connect() for a connection "
+            "whose commits stay."
+        )
+
+    conn.commit = refuse_commit  # type: ignore[method-assign]
     try:
         with conn.transaction() as transaction:
             yield conn

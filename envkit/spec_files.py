@@ -104,4 +104,6 @@ def spec_defaults(
         found["ttl"] = defaults.ttl
     if defaults.seeds_dir is not None:
         found["seeds_dir"] = defaults.seeds_dir
+    if defaults.postgres_version is not None:
+        found["postgres_version"] = defaults.postgres_version
     return found

@@ -82,6 +82,7 @@ class Defaults:
     provider: str | None = None
     ttl: timedelta | None = None
     seeds_dir: Path | None = None  # relative to the spec's folder
+    postgres_version: str | None = None  # the PostgreSQL major version to run (local)
 
 
 @dataclass(frozen=True)

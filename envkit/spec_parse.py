@@ -102,7 +102,7 @@ class _Parser:
         return EnvSpec(self.source, databases, services, defaults)
 
     def defaults(self, data: Mapping[str, Any]) -> Defaults:
-        self.keys(data, "defaults", ("provider", "ttl", "seeds_dir"))
+        self.keys(data, "defaults", ("provider", "ttl", "seeds_dir", "postgres_version"))
         provider = data.get("provider")
         if provider is not None and provider not in PROVIDERS:
             raise self.error(
@@ -120,7 +120,18 @@ class _Parser:
             seeds_dir = Path(self.string(data["seeds_dir"], "defaults.seeds_dir"))
             if not seeds_dir.is_absolute() and self.source is not None:
                 seeds_dir = self.source.parent / seeds_dir
-        return Defaults(provider, ttl, seeds_dir)
+        postgres = data.get("postgres_version")
+        if postgres is not None:
+            if isinstance(postgres, bool) or not isinstance(postgres, str | int | float):
+                raise self.error(
+                    "defaults.postgres_version", f"must be a version like 18, got {postgres!r}."
+                )
+            postgres = str(postgres)
+            if not re.fullmatch(r"\d+(\.\d+)?", postgres):
+                raise self.error(
+                    "defaults.postgres_version", f"must be a version like 18, got {postgres!r}."
+                )
+        return Defaults(provider, ttl, seeds_dir, postgres)
 
     def databases(self, data: Mapping[str, Any]) -> tuple[DatabaseSpec, ...]:
         if not data:

@@ -212,7 +212,18 @@ def _shown(value: Any) -> str:
         return ",".join(_probe(v) if "name" in v else _compact(v) for v in value)
     if isinstance(value, dict | list):
         return _compact(value)
-    return str(value)
+    return str(_rounded(value))
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 3 decimals (rates and byte counts to whole numbers), recursively."""
+    if isinstance(value, float):
+        return round(value) if abs(value) >= 1000 else round(value, 3)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def _probe(result: dict[str, Any]) -> str:
@@ -230,7 +241,7 @@ def _probe(result: dict[str, Any]) -> str:
 
 
 def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+    return json.dumps(_rounded(value), separators=(",", ":"), sort_keys=True, default=str)
 
 
 def _took(event: dict[str, Any]) -> float | None:

@@ -39,11 +39,51 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+PROGRESS_EVERY = 10.0
+"""Seconds between the plain 'still …' lines of long steps where there is no terminal."""
+
+
 @contextmanager
 def progress(title: str, *, enabled: bool = True) -> Iterator[Any]:
-    """A spinner on stderr naming the current step; a callback ``step(name)`` updates it."""
-    if not enabled or not error_console().is_terminal:
+    """Where the current step is, on stderr; a callback ``step(name)`` moves it on.
+
+    In a terminal, a spinner. Elsewhere (a CI log, a pipe) plain lines: one per step, and a
+    'still …' line every ``PROGRESS_EVERY`` seconds while a step runs long (a first template
+    build, seeding at scale, a masked copy, ``pulumi up``), so a log never looks stuck."""
+    if not enabled:
         yield lambda step: None
         return
-    with error_console().status(f"{title}…") as status:
-        yield lambda step: status.update(f"{title}: {step}…")
+    if error_console().is_terminal:
+        with error_console().status(f"{title}…") as status:
+            yield lambda step: status.update(f"{title}: {step}…")
+        return
+    import sys
+    import threading
+    import time
+
+    current = {"starting": time.monotonic()}  # the one step running -> when it started
+    done = threading.Event()
+
+    def say(text: str) -> None:
+        print(f"envkit: {text}", file=sys.stderr, flush=True)
+
+    def step(name: str) -> None:
+        current.clear()
+        current[name] = time.monotonic()
+        say(f"{title}: {name}…")
+
+    def remind() -> None:
+        while not done.wait(PROGRESS_EVERY):
+            for name, since in list(current.items()):
+                took = time.monotonic() - since
+                if took >= PROGRESS_EVERY:
+                    say(f"{title}: still {name} ({took:.0f}s)")
+
+    say(f"{title}…")
+    reminder = threading.Thread(target=remind, name="envkit-progress", daemon=True)
+    reminder.start()
+    try:
+        yield step
+    finally:
+        done.set()
+        reminder.join(timeout=1.0)

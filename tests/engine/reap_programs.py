@@ -1,4 +1,5 @@
-"""Programs for the reap tests: stacks holding files, storing envkit's expiry and owner.
+"""Programs for the reap tests: stacks holding files or moto-backed AWS resources, storing
+envkit's expiry and owner.
 
 The dynamic provider is pickled by reference, so it lives in this importable module (the
 conftest puts its folder on the provider process's PYTHONPATH).
@@ -10,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-from engine_programs import FileProvider
+from engine_programs import FileProvider, aws_program
 from pulumi import dynamic
+
+from envkit.naming import TAG_EXPIRES_AT
 
 
 class PausingDeleteProvider(FileProvider):
@@ -44,6 +47,12 @@ class PausingFile(dynamic.Resource):
         super().__init__(PausingDeleteProvider(), name, {"path": path, "text": "x"}, None)
 
 
+def _export_stored(expires_at: str) -> None:
+    """The outputs envkit's own program exports for a reap."""
+    pulumi.export("envkit_expires_at", expires_at)
+    pulumi.export("envkit_owner", "ci")
+
+
 def envkit_program(directory: Path, files: tuple[str, ...], expires_at: str) -> Any:
     """An inline program: ``files`` under ``directory``, and the outputs envkit's own program
     exports for a reap (``envkit_expires_at``, ``envkit_owner``)."""
@@ -51,7 +60,18 @@ def envkit_program(directory: Path, files: tuple[str, ...], expires_at: str) -> 
     def program() -> None:
         for name in files:
             PausingFile(name, str(directory / f"{name}.txt"))
-        pulumi.export("envkit_expires_at", expires_at)
-        pulumi.export("envkit_owner", "ci")
+        _export_stored(expires_at)
+
+    return program
+
+
+def envkit_aws_program(tags: dict[str, str], region: str) -> Any:
+    """An inline program: ``engine_programs.aws_program``'s VPC and security group (on moto),
+    and the outputs envkit's own program exports for a reap."""
+    resources = aws_program(tags, region)
+
+    def program() -> None:
+        resources()
+        _export_stored(tags[TAG_EXPIRES_AT])
 
     return program

@@ -2,8 +2,9 @@
 that created none of them (issue 20).
 
 Stacks are made through envkit's Automation boundary from one ENVKIT_HOME, with inline programs
-of file resources standing in for AWS ones; the reap is the real CLI as a subprocess with a fresh
-ENVKIT_HOME and the same backend and passphrase. Its tag sweep runs against a moto server.
+of dynamic resources: a VPC and a security group created through boto3 against a moto server
+(tagged as envkit tags them), or files; the reap is the real CLI as a subprocess with a fresh
+ENVKIT_HOME and the same backend and passphrase, pointed at the same moto server.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 from engine_programs import wait_group_gone
-from reap_programs import envkit_program
+from reap_programs import envkit_aws_program, envkit_program
 
 from envkit.naming import TAG_EXPIRES_AT, TAG_OWNER, TAG_PIPELINE_ID
 from envkit.providers.aws.automation import PulumiAutomation, connect
@@ -30,16 +31,32 @@ from envkit.settings import Settings
 
 EXPIRED = "2020-01-01T00:00:00Z"
 LIVE = "2099-01-01T00:00:00Z"
+REGION = "us-east-1"
+_AWS_ENV = (
+    "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    """A moto server for the reap's tag sweep (it finds nothing tagged there)."""
+@pytest.fixture
+def moto_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A moto server of this test alone, with boto3 here and in the Pulumi provider processes
+    pointed at it; stopped however the test ends."""
     from moto.server import ThreadedMotoServer
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    for key in _AWS_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
@@ -49,20 +66,25 @@ def moto_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def first_runner(engine_env: str, tmp_path: Path) -> PulumiAutomation:
+def first_runner(engine_env: str, tmp_path: Path, moto_url: str) -> PulumiAutomation:
     """envkit's boundary on the shared backend, as the runner that created the stacks."""
     settings = Settings.resolve({"home": tmp_path / "runner-1", "pulumi_backend": engine_env})
-    return connect(settings, dict(os.environ), "us-east-1", [])
+    return connect(settings, dict(os.environ), REGION, [])
 
 
 def make_stack(
     boundary: PulumiAutomation, tmp_path: Path, name: str, files: tuple[str, ...], expires: str
 ) -> None:
-    """A stack as the aws provider leaves one: tags, config, outputs with expiry and owner."""
-    boundary._program = envkit_program(tmp_path, files, expires)  # type: ignore[method-assign]
+    """A stack as the aws provider leaves one: tags, config, outputs with expiry and owner;
+    without ``files``, its resources are a VPC and a security group on moto."""
+    tags = {TAG_PIPELINE_ID: name, TAG_EXPIRES_AT: expires, TAG_OWNER: "ci"}
+    program = (
+        envkit_program(tmp_path, files, expires) if files else envkit_aws_program(tags, REGION)
+    )
+    boundary._program = program  # type: ignore[method-assign]
     stack = boundary.create_or_select(name)
     stack.set_config({"envkit:expiresAt": (expires, False), "envkit:owner": ("ci", False)})
-    stack.set_tags({TAG_PIPELINE_ID: name, TAG_EXPIRES_AT: expires, TAG_OWNER: "ci"})
+    stack.set_tags(tags)
     stack.up(lambda _: None)
 
 
@@ -110,10 +132,53 @@ def by_stack(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {e["stack"]: e for e in entries if e.get("kind") == "stack"}
 
 
+def tagged(pipeline_id: str) -> dict[str, list[str]]:
+    """What moto holds tagged with ``pipeline_id``: the tagging API, and EC2's own listings."""
+    import boto3
+
+    session = boto3.session.Session(region_name=REGION)
+    ec2 = session.client("ec2")
+    tag_filter = [{"Name": f"tag:{TAG_PIPELINE_ID}", "Values": [pipeline_id]}]
+    mappings = session.client("resourcegroupstaggingapi").get_resources(
+        TagFilters=[{"Key": TAG_PIPELINE_ID, "Values": [pipeline_id]}]
+    )["ResourceTagMappingList"]
+    return {
+        "arns": sorted(m["ResourceARN"] for m in mappings),
+        "vpcs": sorted(v["VpcId"] for v in ec2.describe_vpcs(Filters=tag_filter)["Vpcs"]),
+        "groups": sorted(
+            g["GroupId"]
+            for g in ec2.describe_security_groups(Filters=tag_filter)["SecurityGroups"]
+        ),
+    }
+
+
+def dynamic_providers(tmp_path: Path) -> list[str]:
+    """This test's Pulumi dynamic provider processes still running (theirs is the PULUMI_HOME
+    under ``tmp_path``: other tests may run providers meanwhile), after a grace period for
+    the engine's shutdown of them."""
+    deadline = time.monotonic() + 10
+    while True:
+        done = subprocess.run(["pgrep", "-f", "pulumi.dynamic"], capture_output=True, text=True)
+        mine = []
+        for pid in done.stdout.split():
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:  # ended meanwhile, or another user's
+                continue
+            if str(tmp_path).encode() in environ:
+                mine.append(pid)
+        if not mine or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.2)
+
+
 def test_reap_removes_expired_stacks_from_another_runner(
     first_runner: PulumiAutomation, engine_env: str, tmp_path: Path, moto_url: str
 ) -> None:
-    make_stack(first_runner, tmp_path, "envkit-expired", ("a", "b"), EXPIRED)
+    make_stack(first_runner, tmp_path, "envkit-expired", (), EXPIRED)
+    created = tagged("envkit-expired")
+    assert len(created["vpcs"]) == 1 and len(created["groups"]) == 1
+    assert len(created["arns"]) == 2
     make_stack(first_runner, tmp_path, "envkit-emptied", ("c",), EXPIRED)
     emptied = first_runner.select("envkit-emptied")
     emptied.destroy(lambda _: None)  # a `down` killed before `stack rm`: expiry in tags only
@@ -124,9 +189,10 @@ def test_reap_removes_expired_stacks_from_another_runner(
     dry = reap(tmp_path, engine_env, moto_url, "--dry-run")
 
     assert hashes(engine_env) == before, "the dry run wrote to the backend"
+    assert tagged("envkit-expired") == created, "the dry run changed AWS"
     assert dry["dry_run"] is True and dry["errors"] == []
     assert set(by_stack(dry["reaped"])) == {"envkit-expired", "envkit-emptied"}
-    assert by_stack(dry["reaped"])["envkit-expired"]["resources"] == 3  # 2 files, 1 provider
+    assert by_stack(dry["reaped"])["envkit-expired"]["resources"] == 3  # VPC, group, provider
     assert by_stack(dry["reaped"])["envkit-emptied"]["resources"] == 0
     assert by_stack(dry["kept"])["envkit-live"]["reason"] == f"until {LIVE}"
 
@@ -136,8 +202,11 @@ def test_reap_removes_expired_stacks_from_another_runner(
     assert set(by_stack(real["reaped"])) == set(by_stack(dry["reaped"]))
     assert set(by_stack(real["kept"])) == {"envkit-live"}
     assert stacks_in(engine_env) == {"envkit-live"}
-    assert not (tmp_path / "a.txt").exists() and not (tmp_path / "b.txt").exists()
+    assert tagged("envkit-expired") == {"arns": [], "vpcs": [], "groups": []}
+    # The stack's destroy deleted them: the tag sweep after it found nothing of the pipeline.
+    assert [e for e in real["reaped"] if e.get("kind") != "stack"] == []
     assert (tmp_path / "d.txt").exists()
+    assert dynamic_providers(tmp_path) == [], "a dynamic provider process outlived the reap"
 
 
 def test_a_reap_killed_in_a_destroy_is_completed_by_the_next(
@@ -171,3 +240,4 @@ def test_a_reap_killed_in_a_destroy_is_completed_by_the_next(
     assert stacks_in(engine_env) == set()
     assert not (tmp_path / "k.txt").exists()
     assert not list(root.rglob(".pulumi/locks/**/*.json"))
+    assert dynamic_providers(tmp_path) == [], "a dynamic provider process outlived the reap"

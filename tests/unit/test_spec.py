@@ -246,3 +246,19 @@ def test_aws_services_map_onto_service_args() -> None:
 def test_defaults_seeds_dir_is_relative_to_the_spec(tmp_path: Path) -> None:
     (tmp_path / "envkit.toml").write_text('[defaults]\nseeds_dir = "seeds"\n')
     assert spec_defaults(None, tmp_path) == {"seeds_dir": tmp_path / "seeds"}
+
+
+def test_defaults_postgres_version_reaches_the_settings(tmp_path: Path) -> None:
+    from envkit.settings import Settings
+
+    (tmp_path / "envkit.toml").write_text('[defaults]\npostgres_version = 18\n')
+    settings = Settings.resolve({"home": tmp_path / "home"}, env={}, cwd=tmp_path)
+    assert settings.postgres_version == "18"
+    overridden = Settings.resolve(
+        {"home": tmp_path / "home"}, env={"ENVKIT_POSTGRES_VERSION": "15"}, cwd=tmp_path)
+    assert overridden.postgres_version == "15"
+    (tmp_path / "envkit.toml").write_text('[defaults]\npostgres_version = "latest"\n')
+    from envkit.spec import load_spec_file
+
+    with pytest.raises(ConfigError, match="postgres_version"):
+        load_spec_file(tmp_path / "envkit.toml")
