@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,40 +30,16 @@ from envkit.settings import Settings
 
 REGION = "us-east-1"
 HERE = Path(__file__).resolve().parent
-_AWS_ENV = (
-    "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-)  # fmt: skip
 
 
 @pytest.fixture
-def moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A moto server of this test alone on a free loopback port, with boto3 (here, in the
-    Pulumi provider processes and in envkit's sweep) pointed at it; stopped however the test
-    ends. Yields a boto3 session."""
+def moto(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The test's moto server (see conftest.moto_url) as a boto3 session; envkit's sweep does
+    not wait between its waves against it."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    for key in _AWS_ENV:
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setattr(cloudsweep, "RETRY_DELAYS", (0, 0, 0))
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield boto3.session.Session(region_name=REGION)
-    finally:
-        server.stop()
+    return boto3.session.Session(region_name=REGION)
 
 
 def pipeline_tags(pipeline_id: str) -> dict[str, str]:
