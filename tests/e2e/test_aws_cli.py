@@ -62,7 +62,13 @@ def test_doctor_reports_pulumi_missing_as_informational(tmp_path: Path) -> None:
     assert checks["Pulumi CLI"]["ok"] is False and checks["Pulumi CLI"]["required"] is False
     assert "get.pulumi.com" in checks["Pulumi CLI"]["fix"]
     assert checks["AWS credentials"]["required"] is False
-    assert set(checks) == {"PostgreSQL binaries", "Pulumi CLI", "AWS credentials", "Pulumi backend"}
+    assert set(checks) == {
+        "PostgreSQL binaries",
+        "PostgreSQL installations (--postgres VERSION picks one)",
+        "Pulumi CLI",
+        "AWS credentials",
+        "Pulumi backend",
+    }
     # Exit 0 exactly when the local provider's prerequisites are there.
     assert result.returncode == (0 if checks["PostgreSQL binaries"]["ok"] else 1)
     assert "Traceback" not in result.stderr
