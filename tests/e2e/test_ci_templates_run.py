@@ -23,10 +23,8 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import CI_VARIABLES
+from test_front_ends import kill_server
 
 from envkit.naming import detect_pipeline_id
 
@@ -149,19 +148,7 @@ class Runner:
 
     def kill_server(self, pipeline_id: str) -> None:
         """The runner host restarted: the environment's server is gone, its data is not."""
-        record = json.loads((self.home / "envs" / f"{pipeline_id}.json").read_text())
-        pid = int(record["resources"]["pid"])
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (FileNotFoundError, ProcessLookupError):
-                return
-            if state == "Z":  # dead, not reaped by its parent
-                return
-            time.sleep(0.01)
-        raise AssertionError(f"postmaster {pid} of {pipeline_id} survived SIGKILL")
+        kill_server(self.home, pipeline_id)
 
 
 @pytest.fixture

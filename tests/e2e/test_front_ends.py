@@ -23,6 +23,7 @@ import pytest
 from conftest import CI_VARIABLES
 
 from envkit.naming import detect_pipeline_id, parse_iso
+from envkit.processes import wait_gone
 from envkit.state import utcnow
 
 pytestmark = pytest.mark.e2e
@@ -90,16 +91,8 @@ def kill_server(home: Path, pipeline_id: str) -> None:
     record = json.loads((home / "envs" / f"{pipeline_id}.json").read_text())
     pid = int(record["resources"]["pid"])
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return
-        if state == "Z":
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"postmaster {pid} of {pipeline_id} survived SIGKILL")
+    if not wait_gone(pid, 10.0):
+        raise AssertionError(f"postmaster {pid} of {pipeline_id} survived SIGKILL")
 
 
 def inner_pytest(folder: Path, test: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
