@@ -15,7 +15,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,15 @@ def _postgres_version(value: str) -> str:
             f"or 18.6, not {value!r}."
         )
     return value.strip()
+
+
+def _flag(value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"Expected true or false (1/0, yes/no, on/off), not {value!r}.")
 
 
 def _path(value: str) -> Path:
@@ -209,6 +218,8 @@ _TABLE: tuple[_Field, ...] = (
     _Field("pulumi_secrets_provider", str, "ENVKIT_PULUMI_SECRETS_PROVIDER"),
     _Field("pulumi_base_stack", str, "ENVKIT_PULUMI_BASE_STACK"),
     _Field("spec_file", _path, "ENVKIT_SPEC"),
+    _Field("redis", _flag, "ENVKIT_REDIS"),
+    _Field("database_server", str, "ENVKIT_DATABASE_SERVER"),
     # The aws provider's network and database options, kept as given: that provider checks them
     # (envkit.providers.aws.options), naming the variable when one is wrong.
     *(
@@ -263,6 +274,9 @@ class Settings:
     aws_spot: str | None = None
     aws_vpc_cidr: str | None = None
     project_file: Path | None = None
+    redis: bool = False  # a Redis server with the spec's defaults when the spec has no [redis]
+    # The admin DSN of a shared PostgreSQL server (a secret: kept out of repr and output).
+    database_server: str | None = field(default=None, repr=False)
 
     @classmethod
     def resolve(

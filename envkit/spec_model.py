@@ -76,6 +76,16 @@ class DatabaseSpec:
 
 
 @dataclass(frozen=True)
+class RedisSpec:
+    """A Redis server for the environment (``[redis]``; ``envkit up --redis`` asks for the
+    defaults): ``REDIS_URL``, ``REDIS_HOST`` and ``REDIS_PORT`` in the outputs."""
+
+    version: str | None = None  # the major version wanted ("7"); None: what is installed
+    maxmemory: str = "64mb"
+    persistence: bool = False  # off: no RDB/AOF file is ever written
+
+
+@dataclass(frozen=True)
 class Defaults:
     """Defaults of the spec for settings not given elsewhere."""
 
@@ -93,6 +103,7 @@ class EnvSpec:
     databases: tuple[DatabaseSpec, ...] = (DatabaseSpec("main"),)
     services: tuple[ServiceSpec, ...] = ()
     defaults: Defaults = Defaults()
+    redis: RedisSpec | None = None
 
     @property
     def project_dir(self) -> Path:

@@ -23,13 +23,14 @@ from envkit.spec_model import (
     Defaults,
     EnvSpec,
     HealthCheck,
+    RedisSpec,
     ServiceSpec,
     output_key,
     placeholders,
     spec_error,
 )
 
-SECTIONS = ("defaults", "databases", "services")
+SECTIONS = ("defaults", "databases", "services", "redis")
 PROVIDERS = ("local", "aws")
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 _DB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -99,7 +100,37 @@ class _Parser:
         defaults = self.defaults(self.table(data.get("defaults", {}), "defaults"))
         databases = self.databases(self.table(data.get("databases", {}), "databases"))
         services = self.services(self.table(data.get("services", {}), "services"), databases)
-        return EnvSpec(self.source, databases, services, defaults)
+        redis = None
+        if "redis" in data:
+            redis = self.redis(self.table(data["redis"], "redis"))
+        return EnvSpec(self.source, databases, services, defaults, redis)
+
+    def redis(self, data: Mapping[str, Any]) -> RedisSpec:
+        self.keys(data, "redis", ("version", "maxmemory", "persistence"))
+        version = data.get("version")
+        if version is not None:
+            if isinstance(version, bool) or not isinstance(version, str | int):
+                raise self.error(
+                    "redis.version", f"must be a major version like 7, got {version!r}."
+                )
+            version = str(version)
+            if not re.fullmatch(r"\d+(\.\d+)?", version):
+                raise self.error(
+                    "redis.version", f"must be a major version like 7, got {version!r}."
+                )
+        maxmemory = RedisSpec.maxmemory
+        if "maxmemory" in data:
+            raw = data["maxmemory"]
+            text = str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else raw
+            if not isinstance(text, str) or not re.fullmatch(r"\d+(?:[kmg]b?)?", text.lower()):
+                raise self.error(
+                    "redis.maxmemory", f"must be a size like 64mb or 1gb, got {raw!r}."
+                )
+            maxmemory = text.lower()
+        persistence = data.get("persistence", False)
+        if not isinstance(persistence, bool):
+            raise self.error("redis.persistence", f"must be true or false, got {persistence!r}.")
+        return RedisSpec(version, maxmemory, persistence)
 
     def defaults(self, data: Mapping[str, Any]) -> Defaults:
         self.keys(data, "defaults", ("provider", "ttl", "seeds_dir", "postgres_version"))

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from envkit.health import Probe
     from envkit.reaping import Leftover, ReapOptions, ReapReport
     from envkit.spec import EnvSpec
+    from envkit.spec_model import RedisSpec
     from envkit.state import Record
 
 
@@ -36,6 +37,7 @@ class ProvisionRequest:
     dataset: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     spec: EnvSpec | None = None  # databases and services to create; None: one database
+    redis: RedisSpec | None = None  # the Redis server to create (the spec's or --redis); None: none
 
     @property
     def pipeline_id(self) -> str:
