@@ -16,7 +16,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from shared_pg import SharedServer, bindirs, shared_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not bindirs(), reason="needs PostgreSQL")]

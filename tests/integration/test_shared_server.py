@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from shared_pg import ADMIN, SharedServer, bindirs
 
 from envkit import shared_server
 from envkit.errors import ConfigError, PrerequisiteError
@@ -18,7 +19,6 @@ from envkit.reaping import ReapOptions
 from envkit.settings import Settings
 from envkit.shared_server import dsn as dsn_module
 from envkit.state import utcnow
-from shared_pg import ADMIN, SharedServer, bindirs
 
 pytestmark = pytest.mark.integration
 FUTURE = "2099-01-01T00:00:00Z"
@@ -127,7 +127,7 @@ def test_half_created_is_reaped_only_when_its_lock_is_free(
     with psycopg.connect(server.dsn, autocommit=True) as holder:
         holder.execute(f"SELECT pg_advisory_lock({key})")
         busy = shared_server.reap_server(server.dsn, ReapOptions(utcnow(), older_than=timedelta(0)))
-        assert [e["reason"] for e in busy.kept if e["pipeline_id"] == "half"][0].startswith("busy")
+        assert next(e["reason"] for e in busy.kept if e["pipeline_id"] == "half").startswith("busy")
     free = shared_server.reap_server(server.dsn, ReapOptions(utcnow(), older_than=timedelta(0)))
     assert [e["pipeline_id"] for e in free.reaped] == ["half"]
 
