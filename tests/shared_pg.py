@@ -61,7 +61,7 @@ class SharedServer:
         done = subprocess.run(
             ["runuser", "-u", OS_USER, "--", str(self.bindir / "psql"), "-XAtq", "-v",
              "ON_ERROR_STOP=1", "-h", str(self.datadir), "-p", str(self.port), "-U", "postgres",
-             "-d", dbname, "-c", sql],  # fmt: skip
+             "-d", dbname, "-c", sql],
             capture_output=True, text=True, check=False, timeout=60,
         )
         if done.returncode != 0:
@@ -92,14 +92,14 @@ def shared_server(bindir: Path) -> Iterator[SharedServer]:
         subprocess.run(
             _as_user(str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres",
                      "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
-                     "--no-sync", "--locale=C"),  # fmt: skip
+                     "--no-sync", "--locale=C"),
             check=True, capture_output=True, timeout=120,
         )
         port = _free_port()
         process = subprocess.Popen(
             _as_user(str(bindir / "postgres"), "-D", str(datadir), "-p", str(port),
                      "-h", "127.0.0.1", "-k", str(datadir), "-c", "fsync=off",
-                     "-c", "max_connections=200", "-c", "log_min_messages=warning"),  # fmt: skip
+                     "-c", "max_connections=200", "-c", "log_min_messages=warning"),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         password = secrets.token_urlsafe(18)
