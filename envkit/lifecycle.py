@@ -26,7 +26,7 @@ from envkit.errors import (
 from envkit.naming import iso_utc
 from envkit.outputs import complete
 from envkit.plan import Plan
-from envkit.providers import Provider, ProvisionRequest, get_provider
+from envkit.providers import Provider, ProvisionRequest, RetainsExpiry, get_provider
 from envkit.redact import scrub, secret_values
 from envkit.settings import Settings
 from envkit.state import (
@@ -115,6 +115,7 @@ def ensure(
             if _running(plan, provider, record, recreate=recreate):
                 if ttl is not None:
                     record.expires_at = iso_utc(utcnow() + lifetime)
+                    _retain(provider, record)
                     store.save(record)
                     store.event(pipeline_id, "extended", expires_at=record.expires_at)
                 return Outcome(record, created=False)
@@ -357,6 +358,7 @@ def down(ctx: Plan, *, preserve: bool = False, ttl: timedelta | None = None) -> 
                 raise ConfigError(f"Pipeline {pipeline_id!r} has no environment to preserve.")
             record.status = Status.PRESERVED
             record.expires_at = iso_utc(utcnow() + (ttl or ctx.settings.preserve_ttl))
+            _retain(get_provider(record.provider, ctx.settings), record)
             store.save(record)
             store.event(pipeline_id, "preserved", expires_at=record.expires_at)
             return record
@@ -389,9 +391,16 @@ def extend(ctx: Plan, ttl: timedelta) -> Record:
                 hint=f"Create it with 'envkit up {pipeline_id}'.",
             )
         record.expires_at = iso_utc(utcnow() + ttl)
+        _retain(get_provider(record.provider, ctx.settings), record)
         store.save(record)
         store.event(pipeline_id, "extended", expires_at=record.expires_at)
         return record
+
+
+def _retain(provider: Provider, record: Record) -> None:
+    """Let a provider that keeps the expiry elsewhere too (a shared server) record it."""
+    if isinstance(provider, RetainsExpiry):
+        provider.retain(record)
 
 
 def _destroy(provider: Provider, pipeline_id: str, record: Record | None) -> None:

@@ -106,4 +106,6 @@ def spec_defaults(
         found["seeds_dir"] = defaults.seeds_dir
     if defaults.postgres_version is not None:
         found["postgres_version"] = defaults.postgres_version
+    if defaults.database_server is not None:
+        found["database_server"] = defaults.database_server
     return found

@@ -93,6 +93,7 @@ class Defaults:
     ttl: timedelta | None = None
     seeds_dir: Path | None = None  # relative to the spec's folder
     postgres_version: str | None = None  # the PostgreSQL major version to run (local)
+    database_server: str | None = None  # a shared server's admin DSN, without its password
 
 
 @dataclass(frozen=True)

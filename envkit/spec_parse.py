@@ -133,7 +133,11 @@ class _Parser:
         return RedisSpec(version, maxmemory, persistence)
 
     def defaults(self, data: Mapping[str, Any]) -> Defaults:
-        self.keys(data, "defaults", ("provider", "ttl", "seeds_dir", "postgres_version"))
+        self.keys(
+            data,
+            "defaults",
+            ("provider", "ttl", "seeds_dir", "postgres_version", "database_server"),
+        )
         provider = data.get("provider")
         if provider is not None and provider not in PROVIDERS:
             raise self.error(
@@ -162,7 +166,16 @@ class _Parser:
                 raise self.error(
                     "defaults.postgres_version", f"must be a version like 18, got {postgres!r}."
                 )
-        return Defaults(provider, ttl, seeds_dir, postgres)
+        server = None
+        if "database_server" in data:
+            server = self.string(data["database_server"], "defaults.database_server")
+            if re.match(r"^[a-z]+://[^/@]*:[^/@]*@", server):
+                raise self.error(
+                    "defaults.database_server",
+                    "holds a password; a spec file is shared (and committed): give the DSN "
+                    "without it and the password through PGPASSWORD or ~/.pgpass.",
+                )
+        return Defaults(provider, ttl, seeds_dir, postgres, server)
 
     def databases(self, data: Mapping[str, Any]) -> tuple[DatabaseSpec, ...]:
         if not data:

@@ -49,6 +49,27 @@ DatasetOpt = Annotated[
 ScaleOpt = Annotated[
     float | None, typer.Option(help="Multiply the dataset's row counts.", show_default="1")
 ]
+DatabaseServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-server",
+        metavar="DSN",
+        help="Put the database on this PostgreSQL server (postgresql://ADMIN@HOST:PORT/DB; "
+        "the password from PGPASSWORD or ~/.pgpass, or the whole DSN in ENVKIT_DATABASE_SERVER).",
+        show_default=False,
+    ),
+]
+
+
+def server_option(value: str | None) -> str | None:
+    """``--database-server`` as given, refused when it holds a password (argv is public)."""
+    if value is not None:
+        from envkit.shared_server.dsn import refuse_in_argv
+
+        refuse_in_argv(value)
+    return value
+
+
 ShowSecretsOpt = Annotated[
     bool, typer.Option("--show-secrets", help="Print passwords and URLs with passwords in clear.")
 ]
@@ -99,12 +120,19 @@ def up(
     ] = OutputFormat.text,
     show_secrets: ShowSecretsOpt = False,
     env_file: EnvFileOpt = None,
+    database_server: DatabaseServerOpt = None,
 ) -> None:
     """Create the environment of a pipeline (or return it when it is already up)."""
     lifetime = _ttl(ttl)
     plan = Plan.build(
         pipeline_id,
-        settings(provider=provider, dataset=dataset, seed_scale=scale, postgres_version=postgres),
+        settings(
+            provider=provider,
+            dataset=dataset,
+            seed_scale=scale,
+            postgres_version=postgres,
+            database_server=server_option(database_server),
+        ),
         seed=not no_seed,
     )
     with progress(
@@ -162,12 +190,13 @@ def down(
         str | None, typer.Option(help="TTL when preserving.", show_default="24h")
     ] = None,
     show_secrets: ShowSecretsOpt = False,
+    database_server: DatabaseServerOpt = None,
 ) -> None:
     """Destroy the environment of a pipeline (absent is fine), or preserve it."""
     lifetime = _ttl(ttl)
     if lifetime is not None and not preserve:
         raise typer.BadParameter("--ttl only applies with --preserve.", param_hint="--ttl")
-    ctx = Plan.build(pipeline_id, settings())
+    ctx = Plan.build(pipeline_id, settings(database_server=server_option(database_server)))
     with progress(f"Tearing down {ctx.pipeline_id}", enabled=not preserve):
         record = lifecycle.down(ctx, preserve=preserve, ttl=lifetime)
     if record is None:

@@ -13,7 +13,13 @@ from typer.core import TyperCommand
 
 from envkit import lifecycle
 from envkit.cli.app import app
-from envkit.cli.core import PipelineArg, ProviderOpt, ShowSecretsOpt
+from envkit.cli.core import (
+    DatabaseServerOpt,
+    PipelineArg,
+    ProviderOpt,
+    ShowSecretsOpt,
+    server_option,
+)
 from envkit.cli.render import console, error_console, print_json, settings
 from envkit.durations import parse_duration
 from envkit.plan import Plan
@@ -70,6 +76,7 @@ def run(
         OnFailure, typer.Option(help="What to do when COMMAND fails or is interrupted.")
     ] = OnFailure.preserve,
     show_secrets: ShowSecretsOpt = False,
+    database_server: DatabaseServerOpt = None,
 ) -> None:
     """Bring the environment up, run COMMAND (after --) with its outputs in the environment,
     then destroy it on success or preserve it on failure; exit with COMMAND's code."""
@@ -81,7 +88,11 @@ def run(
     lifetime = parse_duration(ttl, what="TTL") if ttl is not None else None
     keep_for = parse_duration(preserve_ttl, what="TTL") if preserve_ttl is not None else None
     run_ctx = Plan.build(
-        pipeline_id, settings(provider=provider, dataset=dataset), seed=not no_seed
+        pipeline_id,
+        settings(
+            provider=provider, dataset=dataset, database_server=server_option(database_server)
+        ),
+        seed=not no_seed,
     )
     runner.check_command(command[0], os.environ)  # a typo: exit 127 before anything is made
     err = error_console()
@@ -110,10 +121,12 @@ def run(
 def extend(
     ttl: Annotated[str, typer.Option(help="New time to live from now, e.g. 4h, 2d.")],
     pipeline_id: PipelineArg = None,
+    database_server: DatabaseServerOpt = None,
 ) -> None:
     """Give a ready or preserved environment a new expiry: now + TTL."""
     lifetime = parse_duration(ttl, what="TTL")
-    record = lifecycle.extend(Plan.build(pipeline_id, settings()), lifetime)
+    chosen = settings(database_server=server_option(database_server))
+    record = lifecycle.extend(Plan.build(pipeline_id, chosen), lifetime)
     console().print(
         f"[green]✔[/] Environment [bold]{record.pipeline_id}[/] now expires {record.expires_at}."
     )
@@ -136,12 +149,17 @@ def reap(
             show_default=False,
         ),
     ] = None,
+    database_server: DatabaseServerOpt = None,
 ) -> None:
-    """Destroy expired environments and whatever dead envkit processes left behind."""
+    """Destroy expired environments and whatever dead envkit processes left behind (with
+    --database-server: also the expired databases on that server, from the server alone)."""
     from envkit.reaper import reap as run_reap
 
     grace = parse_duration(older_than, what="--older-than") if older_than is not None else None
-    chosen = settings(provider=provider.value if provider else None)
+    chosen = settings(
+        provider=provider.value if provider else None,
+        database_server=server_option(database_server),
+    )
     report = run_reap(chosen, dry_run=dry_run, older_than=grace)
     if as_json:
         print_json(report.as_json())

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from envkit.errors import ConfigError
-from envkit.providers.base import Provider, ProvisionRequest
+from envkit.providers.base import Provider, ProvisionRequest, RetainsExpiry
 
 if TYPE_CHECKING:
     from envkit.settings import Settings
 
-__all__ = ["Provider", "ProvisionRequest", "get_provider"]
+__all__ = ["Provider", "ProvisionRequest", "RetainsExpiry", "get_provider"]
 
 
 def get_provider(name: str, settings: Settings) -> Provider:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Set as AbstractSet
@@ -117,4 +117,15 @@ class Provider(Protocol):
         """Reap what the provider left that belongs to no pipeline of this home (half-done
         copies, stale caches, cloud resources found by tag); with ``options.dry_run`` only
         report it, writing nothing."""
+        ...
+
+
+@runtime_checkable
+class RetainsExpiry(Protocol):
+    """A provider that keeps a copy of an environment's expiry and status outside the record
+    (a shared database server's marks): the lifecycle calls :meth:`retain` before it saves a
+    new ``expires_at`` or status (preserve, extend), so a refusal changes nothing."""
+
+    def retain(self, record: Record) -> None:
+        """Write ``record``'s expiry and status where the provider keeps them."""
         ...

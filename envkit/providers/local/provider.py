@@ -112,6 +112,12 @@ class LocalProvider:
     def preflight(self) -> None:
         """Binaries, the server user and a data root that is ours alone: exit 2 before any
         record is written when one is missing or not to be trusted."""
+        if self.settings.database_server:  # no local server: the shared one must be usable
+            from envkit.providers.local import server_database
+
+            server_database.preflight(self.settings)
+            self._ensure_roots(self.run_as())
+            return
         self.install()
         self._ensure_roots(self.run_as())
 
@@ -130,7 +136,9 @@ class LocalProvider:
     # -- provision ----------------------------------------------------------------------------
     def provision(self, request: ProvisionRequest) -> dict[str, str]:
         pipeline_id = request.pipeline_id
-        install = self.install()  # exit 2 before anything is created when binaries are missing
+        shared = bool(self.settings.database_server)  # the database on a shared server
+        # exit 2 before anything is created when binaries are missing
+        install = self.install() if not shared else None
         run_as = self.run_as()
         layout = self.layout
         self._ensure_roots(run_as)
@@ -148,6 +156,12 @@ class LocalProvider:
         resources.host = address.host
         resources.dedicated_address = address.dedicated
         resources.run_as = run_as.name
+        if install is None:
+            save()
+            request.timings["network"] = time.perf_counter() - started
+            from envkit.providers.local import server_database
+
+            return server_database.provision(self, request, resources, address, save)
         resources.bindir = install.bindir
         save()
         request.timings["network"] = time.perf_counter() - started
@@ -296,17 +310,21 @@ class LocalProvider:
 
     # -- health -------------------------------------------------------------------------------
     def probes(self, record: Record) -> list[Probe]:
+        from envkit.providers.local import server_database
+
         url = record.outputs.get("DATABASE_URL")
         if not url:
             return []
-        probes: list[Probe] = [
-            PostgresProbe(
-                url,
-                component="database",
-                pidfile=self.layout.pgdata(record.pipeline_id) / "postmaster.pid",
-                max_delay=0.001,
+        probes: list[Probe] = server_database.probes(record)
+        if not server_database.on_server(record):
+            probes.append(
+                PostgresProbe(
+                    url,
+                    component="database",
+                    pidfile=self.layout.pgdata(record.pipeline_id) / "postmaster.pid",
+                    max_delay=0.001,
+                )
             )
-        ]
         resources = LocalResources.load(record)
         if resources.services:
             from envkit.providers.local.services import probes_for
@@ -317,9 +335,11 @@ class LocalProvider:
     def gone(self, record: Record) -> list[str]:
         """The server (by its pid file, verified against the process) and each recorded
         service process that no longer runs."""
+        from envkit.providers.local.server_database import on_server
+
         missing = []
         pgdata = self.layout.pgdata(record.pipeline_id)
-        if postmaster_pid(pgdata) is None:
+        if not on_server(record) and postmaster_pid(pgdata) is None:
             missing.append(f"database: its PostgreSQL server ({pgdata}) is not running")
         resources = LocalResources.load(record)
         if resources.services:
@@ -341,7 +361,9 @@ class LocalProvider:
 
             if stopped_services(resources):
                 return False
-        if postmaster_pid(pgdata) is not None:
+        from envkit.providers.local.server_database import on_server
+
+        if postmaster_pid(pgdata) is not None or on_server(record):
             return True
         if not resources.has_server():
             return False
@@ -388,6 +410,9 @@ class LocalProvider:
             layout.env_dir(pipeline_id),
             LocalResources.load(record) if record is not None else None,
         )
+        from envkit.providers.local import server_database
+
+        server_database.destroy(self.settings, pipeline_id, record)
         stop_server(pgdata, fast=False, timeout=5.0)
         stop(
             lambda: self.stray_processes(pipeline_id),
@@ -424,7 +449,16 @@ class LocalProvider:
             provider_for=lambda layout: LocalProvider(self.settings, layout=layout),
         )
         report.merge(homes.run())
+        from envkit.providers.local import server_database
+
+        report.merge(server_database.reap(self.settings, options))
         return report
+
+    def retain(self, record: Record) -> None:
+        """A new expiry or status (preserve, extend) reaches the shared server, if any."""
+        from envkit.providers.local import server_database
+
+        server_database.retain(self.settings, record)
 
     def stray_processes(self, pipeline_id: str) -> list[int]:
         """Processes of envkit's users whose command line names this pipeline's directory

@@ -381,10 +381,11 @@ def provision_spec(
     provider: LocalProvider,
     request: ProvisionRequest,
     resources: LocalResources,
-    server: PgServer,
+    server: PgServer | None,
     outputs: Mapping[str, str],
 ) -> dict[str, str]:
-    """The spec's part of a local environment: extra databases and settings, then services
+    """The spec's part of a local environment: extra databases and settings on ``server``
+    (``None``: a shared server, where envkit.shared_server made them), then services
     (recorded in ``resources``, which already name the address). Returns the outputs it adds
     (``DATABASE_<NAME>_URL``, ``SERVICE_<NAME>_URL``)."""
     from urllib.parse import urlsplit, urlunsplit
@@ -400,7 +401,7 @@ def provision_spec(
     statements = database_statements(
         spec, owner=outputs["DATABASE_USER"], default_database=outputs["DATABASE_NAME"]
     )
-    if statements:
+    if statements and server is not None:
         try:
             admin_sql(server.admin_conninfo(), statements)
         except Exception as exc:
