@@ -49,6 +49,13 @@ DatasetOpt = Annotated[
 ScaleOpt = Annotated[
     float | None, typer.Option(help="Multiply the dataset's row counts.", show_default="1")
 ]
+RedisOpt = Annotated[
+    bool,
+    typer.Option(
+        "--redis",
+        help="Add a Redis server (REDIS_URL) when the spec has no [redis] (ENVKIT_REDIS).",
+    ),
+]
 ShowSecretsOpt = Annotated[
     bool, typer.Option("--show-secrets", help="Print passwords and URLs with passwords in clear.")
 ]
@@ -74,6 +81,7 @@ def up(
     dataset: DatasetOpt = None,
     scale: ScaleOpt = None,
     no_seed: Annotated[bool, typer.Option("--no-seed", help="Load no dataset.")] = False,
+    redis: RedisOpt = False,
     postgres: Annotated[
         str | None,
         typer.Option(
@@ -104,7 +112,13 @@ def up(
     lifetime = _ttl(ttl)
     plan = Plan.build(
         pipeline_id,
-        settings(provider=provider, dataset=dataset, seed_scale=scale, postgres_version=postgres),
+        settings(
+            provider=provider,
+            dataset=dataset,
+            seed_scale=scale,
+            postgres_version=postgres,
+            redis=redis or None,  # absent: ENVKIT_REDIS / [tool.envkit] decide
+        ),
         seed=not no_seed,
     )
     with progress(

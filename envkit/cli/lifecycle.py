@@ -13,7 +13,7 @@ from typer.core import TyperCommand
 
 from envkit import lifecycle
 from envkit.cli.app import app
-from envkit.cli.core import PipelineArg, ProviderOpt, ShowSecretsOpt
+from envkit.cli.core import PipelineArg, ProviderOpt, RedisOpt, ShowSecretsOpt
 from envkit.cli.render import console, error_console, print_json, settings
 from envkit.durations import parse_duration
 from envkit.plan import Plan
@@ -53,6 +53,7 @@ def run(
     provider: ProviderOpt = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset to load (seeds/).")] = None,
     no_seed: Annotated[bool, typer.Option("--no-seed", help="Load no dataset.")] = False,
+    redis: RedisOpt = False,
     ttl: Annotated[
         str | None,
         typer.Option(
@@ -81,7 +82,9 @@ def run(
     lifetime = parse_duration(ttl, what="TTL") if ttl is not None else None
     keep_for = parse_duration(preserve_ttl, what="TTL") if preserve_ttl is not None else None
     run_ctx = Plan.build(
-        pipeline_id, settings(provider=provider, dataset=dataset), seed=not no_seed
+        pipeline_id,
+        settings(provider=provider, dataset=dataset, redis=redis or None),
+        seed=not no_seed,
     )
     runner.check_command(command[0], os.environ)  # a typo: exit 127 before anything is made
     err = error_console()

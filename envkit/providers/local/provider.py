@@ -26,6 +26,7 @@ from envkit.naming import sql_identifier, validate_pipeline_id
 from envkit.pgbin import WHEEL, PgInstall, find_install, find_installs
 from envkit.processes import processes_naming, stop
 from envkit.providers.base import Check, ProvisionRequest
+from envkit.providers.local import cache_server
 from envkit.providers.local.layout import Layout
 from envkit.providers.local.loopback import bind_error, free_port
 from envkit.providers.local.osuser import RunAs, server_user, trusted_uids
@@ -107,6 +108,7 @@ class LocalProvider:
         return [
             Check("PostgreSQL binaries", True, postgres),
             Check("PostgreSQL installations (--postgres VERSION picks one)", False, every),
+            Check("redis-server (for --redis, a spec's redis)", False, cache_server.describe),
         ]
 
     def preflight(self) -> None:
@@ -131,6 +133,7 @@ class LocalProvider:
     def provision(self, request: ProvisionRequest) -> dict[str, str]:
         pipeline_id = request.pipeline_id
         install = self.install()  # exit 2 before anything is created when binaries are missing
+        redis_binary = cache_server.binary_for(request.redis)  # so is a missing redis-server
         run_as = self.run_as()
         layout = self.layout
         self._ensure_roots(run_as)
@@ -160,6 +163,8 @@ class LocalProvider:
         env_dir.mkdir(mode=0o711, parents=True)
         layout.logs(pipeline_id).mkdir(mode=0o700)
         make_socket_dir(layout.socket_dir(pipeline_id), run_as)
+        # Redis (when asked for) starts now and gets ready while the database is copied.
+        cache = cache_server.begin_for(request, redis_binary, address, layout, run_as, save)
         resources.spare = checkout(
             template, layout.pgdata(pipeline_id), resting=self.settings.spares
         )
@@ -186,6 +191,7 @@ class LocalProvider:
             "NETWORK_ID": f"lo:{address.host}",
             "CLUSTER_NAME": f"envkit-{pipeline_id}",
         }
+        outputs.update(cache_server.finish(request, cache))  # before services use {REDIS_URL}
         if request.spec is not None:  # extra databases, then the services
             from envkit.providers.local.services import provision_spec
 
@@ -307,6 +313,7 @@ class LocalProvider:
                 max_delay=0.001,
             )
         ]
+        probes += cache_server.probes(record.outputs)
         resources = LocalResources.load(record)
         if resources.services:
             from envkit.providers.local.services import probes_for
@@ -321,6 +328,7 @@ class LocalProvider:
         pgdata = self.layout.pgdata(record.pipeline_id)
         if postmaster_pid(pgdata) is None:
             missing.append(f"database: its PostgreSQL server ({pgdata}) is not running")
+        missing += cache_server.gone(record.resources)
         resources = LocalResources.load(record)
         if resources.services:
             from envkit.providers.local.services import stopped_services
@@ -341,6 +349,10 @@ class LocalProvider:
 
             if stopped_services(resources):
                 return False
+        if cache_server.stopped(record) and not cache_server.restart_for(
+            record, self.run_as(), self.layout.logs(pipeline_id)
+        ):
+            return False
         if postmaster_pid(pgdata) is not None:
             return True
         if not resources.has_server():
@@ -388,6 +400,7 @@ class LocalProvider:
             layout.env_dir(pipeline_id),
             LocalResources.load(record) if record is not None else None,
         )
+        cache_server.stop_server(cache_server.folder_of(layout.env_dir(pipeline_id)))
         stop_server(pgdata, fast=False, timeout=5.0)
         stop(
             lambda: self.stray_processes(pipeline_id),
