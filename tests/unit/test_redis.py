@@ -265,3 +265,30 @@ def test_redis_url_is_a_secret_in_every_format() -> None:
     assert "REDIS_PORT=6379" in env
     assert "redispw" in render_env(outputs, show_secrets=True)
     assert "redispw" in secret_values(outputs)
+
+
+def test_dataset_cache_keys_are_validated_and_rendered() -> None:
+    from envkit.seeding.cache_keys import CacheKeys, parse
+
+    columns = {"users": ["id", "email", "city"]}
+    (keys,) = parse([{"table": "users", "key": "user:{id}", "value": "{email}|{city}",
+                      "rows": 3}], columns, "ds")
+    assert keys == CacheKeys("users", "user:{id}", "{email}|{city}", 3, "id")
+    assert keys.columns == ["id", "email", "city"]
+    assert keys.render({"id": "7", "email": "a@b", "city": "X"}) == ("user:7", "a@b|X")
+    assert parse(None, columns, "ds") == ()
+    for bad in ({"table": "nope", "key": "k:{id}", "value": "v"},
+                {"table": "users", "key": "k:{nope}", "value": "v"},
+                {"table": "users", "key": "constant", "value": "v"},
+                {"table": "users", "key": "k:{id}", "value": "v", "rows": 0},
+                {"table": "users", "key": "k:{id}", "value": "v", "ttl": 5}):
+        with pytest.raises(ConfigError):
+            parse([bad], columns, "ds")
+
+
+def test_the_default_dataset_warms_user_emails() -> None:
+    from envkit.seeding.datasets import parse, shipped_root
+
+    dataset = parse(shipped_root().joinpath("default"), "default")
+    (keys,) = dataset.cache_keys
+    assert (keys.table, keys.key, keys.order_by) == ("users", "user:{id}:email", "id")
