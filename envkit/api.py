@@ -229,6 +229,7 @@ def environment(
     on_failure: OnFailure = "preserve",
     settings: Settings | None = None,
     seed: bool = True,
+    redis: bool | None = None,
 ) -> EnvironmentContext:
     """An environment for the ``with`` block: brought up (healthy, seeded with ``dataset``) on
     enter, destroyed on exit — or, when the block raised and ``on_failure`` is ``"preserve"``,
@@ -238,13 +239,16 @@ def environment(
     ``provider``, ``dataset`` and ``ttl`` override the settings (``ENVKIT_*`` variables,
     ``[tool.envkit]``). Seeded as ``envkit up`` seeds (see :mod:`envkit.plan`); ``seed=False``
     loads nothing. An environment that is already up under that ID is attached to, and left
-    as it is on exit: only one this block created is destroyed or preserved.
+    as it is on exit: only one this block created is destroyed or preserved. ``redis=True``
+    adds a Redis server (``REDIS_URL``) when the spec has no ``[redis]``.
     """
     if on_failure not in _ON_FAILURE:
         raise ConfigError(
             f"on_failure={on_failure!r} is not valid.", hint="Use 'preserve' or 'destroy'."
         )
     resolved = _settings(settings, provider, dataset)
+    if redis is not None:
+        resolved = resolved.with_(redis=redis)
     plan = Plan.build(pipeline_id, resolved, seed=seed)
     return EnvironmentContext(plan, ttl=_duration(ttl, "TTL"), on_failure=on_failure)
 

@@ -208,6 +208,7 @@ def _provision(
     started = time.perf_counter()
     request = ProvisionRequest(record, lambda: store.save(record), progress, dataset)
     request.spec = ctx.spec
+    request.redis = ctx.redis
     try:
         outputs = provider.provision(request)
         record.outputs = complete(outputs, pipeline_id=pipeline_id, provider=provider.name)

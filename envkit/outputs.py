@@ -26,6 +26,7 @@ CONTRACT_KEYS = (
     "NETWORK_ID",
     "CLUSTER_NAME",
 )
+REDIS_KEYS = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT")  # when the environment has Redis
 _SAFE_ENV_VALUE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]*$")
 
 
@@ -34,7 +35,7 @@ def complete(outputs: Mapping[str, str], *, pipeline_id: str, provider: str) -> 
     merged = dict(outputs)
     merged["ENVKIT_PIPELINE_ID"] = pipeline_id
     merged["ENVKIT_PROVIDER"] = provider
-    ordered = {k: merged[k] for k in CONTRACT_KEYS if k in merged}
+    ordered = {k: merged[k] for k in (*CONTRACT_KEYS, *REDIS_KEYS) if k in merged}
     ordered.update({k: v for k, v in sorted(merged.items()) if k not in ordered})
     return ordered
 

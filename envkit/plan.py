@@ -5,6 +5,9 @@ what its caller asked for — an ID or none, a dataset or none, "no seed" — an
 the lifecycle takes the plan and decides nothing of that kind itself. So every way into envkit
 picks the same pipeline ID and seeds the same data.
 
+The Redis rule, in one place (:attr:`Plan.redis`): the spec's ``[redis]``, else the defaults
+when ``--redis`` / ``ENVKIT_REDIS`` asks for one, else none.
+
 The seeding rule, in one place (:attr:`Plan.dataset`): with ``seed=False`` nothing; else the
 dataset the caller named (``--dataset``, ``dataset=``, ``ENVKIT_DATASET`` or ``[tool.envkit]
 dataset``), else the spec's (``envkit.toml``), else the shipped ``default`` dataset.
@@ -24,6 +27,7 @@ from envkit.state import StateStore
 
 if TYPE_CHECKING:
     from envkit.spec import EnvSpec
+    from envkit.spec_model import RedisSpec
 
 DEFAULT_DATASET = "default"
 """What an environment is seeded with when nobody names a dataset."""
@@ -71,3 +75,15 @@ class Plan:
         if spec is not None and spec.dataset:
             return spec.dataset
         return DEFAULT_DATASET
+
+    @property
+    def redis(self) -> RedisSpec | None:
+        """The Redis server a newly created environment gets (the module's rule)."""
+        spec = self.spec
+        if spec is not None and spec.redis is not None:
+            return spec.redis
+        if self.settings.redis:
+            from envkit.spec_model import RedisSpec
+
+            return RedisSpec()
+        return None

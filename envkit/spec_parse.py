@@ -16,7 +16,7 @@ from typing import Any
 
 from envkit.durations import parse_duration
 from envkit.errors import ConfigError
-from envkit.outputs import CONTRACT_KEYS
+from envkit.outputs import CONTRACT_KEYS, REDIS_KEYS
 from envkit.spec_model import (
     DEFAULT_GRACE,
     DatabaseSpec,
@@ -99,10 +99,12 @@ class _Parser:
         self.keys(data, "", (*SECTIONS, *self.extra_keys))
         defaults = self.defaults(self.table(data.get("defaults", {}), "defaults"))
         databases = self.databases(self.table(data.get("databases", {}), "databases"))
-        services = self.services(self.table(data.get("services", {}), "services"), databases)
         redis = None
         if "redis" in data:
             redis = self.redis(self.table(data["redis"], "redis"))
+        services = self.services(
+            self.table(data.get("services", {}), "services"), databases, redis is not None
+        )
         return EnvSpec(self.source, databases, services, defaults, redis)
 
     def redis(self, data: Mapping[str, Any]) -> RedisSpec:
@@ -215,7 +217,7 @@ class _Parser:
         return tuple(found)
 
     def services(
-        self, data: Mapping[str, Any], databases: Sequence[DatabaseSpec]
+        self, data: Mapping[str, Any], databases: Sequence[DatabaseSpec], redis: bool = False
     ) -> tuple[ServiceSpec, ...]:
         parsed: dict[str, ServiceSpec] = {}
         for name, raw in data.items():
@@ -226,6 +228,7 @@ class _Parser:
         db_names = {db.name for db in databases}
         known = (
             set(OUTPUT_KEYS)
+            | (set(REDIS_KEYS) if redis else set())
             | set(SERVICE_VARIABLES)
             | {s.url_output for s in parsed.values()}
             | {db.url_output for db in databases[1:]}

@@ -70,6 +70,13 @@ def server_option(value: str | None) -> str | None:
     return value
 
 
+RedisOpt = Annotated[
+    bool,
+    typer.Option(
+        "--redis",
+        help="Add a Redis server (REDIS_URL) when the spec has no [redis] (ENVKIT_REDIS).",
+    ),
+]
 ShowSecretsOpt = Annotated[
     bool, typer.Option("--show-secrets", help="Print passwords and URLs with passwords in clear.")
 ]
@@ -95,6 +102,7 @@ def up(
     dataset: DatasetOpt = None,
     scale: ScaleOpt = None,
     no_seed: Annotated[bool, typer.Option("--no-seed", help="Load no dataset.")] = False,
+    redis: RedisOpt = False,
     postgres: Annotated[
         str | None,
         typer.Option(
@@ -132,6 +140,7 @@ def up(
             seed_scale=scale,
             postgres_version=postgres,
             database_server=server_option(database_server),
+            redis=redis or None,  # absent: ENVKIT_REDIS / [tool.envkit] decide
         ),
         seed=not no_seed,
     )

@@ -17,6 +17,7 @@ from envkit.cli.core import (
     DatabaseServerOpt,
     PipelineArg,
     ProviderOpt,
+    RedisOpt,
     ShowSecretsOpt,
     server_option,
 )
@@ -59,6 +60,7 @@ def run(
     provider: ProviderOpt = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset to load (seeds/).")] = None,
     no_seed: Annotated[bool, typer.Option("--no-seed", help="Load no dataset.")] = False,
+    redis: RedisOpt = False,
     ttl: Annotated[
         str | None,
         typer.Option(
@@ -90,7 +92,10 @@ def run(
     run_ctx = Plan.build(
         pipeline_id,
         settings(
-            provider=provider, dataset=dataset, database_server=server_option(database_server)
+            provider=provider,
+            dataset=dataset,
+            database_server=server_option(database_server),
+            redis=redis or None,
         ),
         seed=not no_seed,
     )

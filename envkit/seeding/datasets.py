@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from envkit.errors import ConfigError
+from envkit.seeding.cache_keys import CacheKeys
+from envkit.seeding.cache_keys import parse as parse_cache_keys
 from envkit.settings import MAX_SCALE, Settings
 
 DEFINITION = "dataset.toml"
@@ -90,6 +92,7 @@ class Dataset:
     constraints_sql: str
     origin: str
     definition_bytes: bytes = b""
+    cache_keys: tuple[CacheKeys, ...] = ()  # [[redis]]: keys written when there is Redis
 
     def table(self, name: str) -> Table:
         """The table called ``name``."""
@@ -295,6 +298,9 @@ def parse(folder: Traversable, name: str) -> Dataset:
         constraints_sql=constraints_sql,
         origin=str(folder),
         definition_bytes=raw,
+        cache_keys=parse_cache_keys(
+            data.get("redis"), {t.name: [c.name for c in t.columns] for t in tables}, where
+        ),
     )
 
 

@@ -50,10 +50,23 @@ def seed_environment(
 
     When the environment was copied from that dataset's seeded template (and ``reuse_template``),
     the data is already there and this only reports it; otherwise the dataset's tables are
-    (re)created and loaded over the environment's own connection.
+    (re)created and loaded over the environment's own connection. With Redis (``REDIS_URL``),
+    the dataset's ``[[redis]]`` keys are written from those rows.
     """
-    started = time.perf_counter()
     definition = datasets.load(settings, dataset)
+    stats = _seed_database(settings, record, definition, reuse_template)
+    redis_url, database_url = record.outputs.get("REDIS_URL"), record.outputs.get("DATABASE_URL")
+    if definition.cache_keys and redis_url and database_url:
+        from envkit.seeding.cache_keys import warm
+
+        stats.update(warm(redis_url, database_url, definition.cache_keys))
+    return stats
+
+
+def _seed_database(
+    settings: Settings, record: Record, definition: datasets.Dataset, reuse_template: bool
+) -> dict[str, float]:
+    started = time.perf_counter()
     scale = scale_of(settings)
     used = record.resources.get(TEMPLATE_RESOURCE) or {}
     if reuse_template and used.get("name") == template_name(definition, scale):

@@ -65,10 +65,12 @@ def test_doctor_reports_pulumi_missing_as_informational(tmp_path: Path) -> None:
     assert set(checks) == {
         "PostgreSQL binaries",
         "PostgreSQL installations (--postgres VERSION picks one)",
+        "redis-server (for --redis, a spec's redis)",
         "Pulumi CLI",
         "AWS credentials",
         "Pulumi backend",
     }
+    assert checks["redis-server (for --redis, a spec's redis)"]["required"] is False
     # Exit 0 exactly when the local provider's prerequisites are there.
     assert result.returncode == (0 if checks["PostgreSQL binaries"]["ok"] else 1)
     assert "Traceback" not in result.stderr

@@ -29,9 +29,10 @@ from conftest import kill_processes_under
 
 from envkit import lifecycle
 from envkit.plan import Plan
-from envkit.processes import process_alive
+from envkit.processes import cmdline, process_alive, processes_naming
 from envkit.providers.local.layout import Layout
 from envkit.providers.local.leftovers import inventory
+from envkit.providers.local.osuser import trusted_uids
 from envkit.reaper import reap
 from envkit.settings import Settings
 from envkit.state import Record, StateStore, Status
@@ -91,11 +92,14 @@ def leftovers(settings: Settings) -> dict[str, list[str]]:
 
 
 def test_sigkill_during_up_leaves_nothing_reap_or_down_cannot_clean(
-    private_data: Path, settings: Settings
+    private_data: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # private_data first: settings must be resolved after ENVKIT_DATA_DIR is set, or the
     # in-process reaps below would work on the machine's shared data root.
     assert Layout.for_settings(settings).data_root == private_data
+    # Every `envkit up` below also starts a Redis server (issue 19), which kills land beside
+    # the database's copy and start: its redis-server must be found and stopped too.
+    monkeypatch.setenv("ENVKIT_REDIS", "1")
     # Warm up (builds the template) and time one `envkit up` process: when its record appears
     # (interpreter start-up and imports come before) and when it exits.
     store = StateStore(settings.home)
@@ -171,14 +175,20 @@ def test_sigkill_during_up_leaves_nothing_reap_or_down_cannot_clean(
     assert phases["copy-or-start"] + phases["configure"] >= 5  # and some mid-copy/mid-start
 
     # Afterwards a normal up works, and down leaves nothing.
-    ctx = Plan.build("crash-a", settings)
+    ctx = Plan.build("crash-a", settings.with_(redis=True))
     record = lifecycle.up(ctx)
     import psycopg
 
+    from envkit.kvwire import KvAddress, connect
+
     with psycopg.connect(record.outputs["DATABASE_URL"], connect_timeout=5) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
+    with connect(KvAddress.from_url(record.outputs["REDIS_URL"])) as session:
+        assert session.command("PING") == b"PONG"
     lifecycle.down(ctx)
     assert leftovers(settings) == {}
+    assert not [pid for pid, _ in processes_naming(str(private_data) + os.sep, {os.geteuid(),
+                *trusted_uids(None)}) if "redis-server" in cmdline(pid)[0]]
 
 
 KILLS_EACH = 10

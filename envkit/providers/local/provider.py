@@ -26,6 +26,7 @@ from envkit.naming import sql_identifier, validate_pipeline_id
 from envkit.pgbin import WHEEL, PgInstall, find_install, find_installs
 from envkit.processes import processes_naming, stop
 from envkit.providers.base import Check, ProvisionRequest
+from envkit.providers.local import cache_server
 from envkit.providers.local.layout import Layout
 from envkit.providers.local.loopback import bind_error, free_port
 from envkit.providers.local.osuser import RunAs, server_user, trusted_uids
@@ -107,6 +108,7 @@ class LocalProvider:
         return [
             Check("PostgreSQL binaries", True, postgres),
             Check("PostgreSQL installations (--postgres VERSION picks one)", False, every),
+            Check("redis-server (for --redis, a spec's redis)", False, cache_server.describe),
         ]
 
     def preflight(self) -> None:
@@ -139,6 +141,7 @@ class LocalProvider:
         shared = bool(self.settings.database_server)  # the database on a shared server
         # exit 2 before anything is created when binaries are missing
         install = self.install() if not shared else None
+        redis_binary = cache_server.binary_for(request.redis)  # so is a missing redis-server
         run_as = self.run_as()
         layout = self.layout
         self._ensure_roots(run_as)
@@ -156,23 +159,24 @@ class LocalProvider:
         resources.host = address.host
         resources.dedicated_address = address.dedicated
         resources.run_as = run_as.name
-        if install is None:
-            save()
-            request.timings["network"] = time.perf_counter() - started
-            from envkit.providers.local import server_database
-
-            return server_database.provision(self, request, resources, address, save)
-        resources.bindir = install.bindir
+        if install is not None:
+            resources.bindir = install.bindir
         save()
         request.timings["network"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        request.progress("database")
-        template = self.template_for(request, install, run_as, resources)
+        template = self.template_for(request, install, run_as, resources) if install else None
         self._clear_env_dir(pipeline_id)
         env_dir = layout.env_dir(pipeline_id)
         env_dir.mkdir(mode=0o711, parents=True)
         layout.logs(pipeline_id).mkdir(mode=0o700)
+        # Redis (when asked for) starts now and gets ready while the database is made.
+        cache = cache_server.begin_for(request, redis_binary, address, layout, run_as, save)
+        if install is None or template is None:  # the database goes on a shared server
+            from envkit.providers.local import server_database
+
+            return server_database.provision(self, request, resources, address, save, cache)
+        request.progress("database")
         make_socket_dir(layout.socket_dir(pipeline_id), run_as)
         resources.spare = checkout(
             template, layout.pgdata(pipeline_id), resting=self.settings.spares
@@ -200,6 +204,7 @@ class LocalProvider:
             "NETWORK_ID": f"lo:{address.host}",
             "CLUSTER_NAME": f"envkit-{pipeline_id}",
         }
+        outputs.update(cache_server.finish(request, cache))  # before services use {REDIS_URL}
         if request.spec is not None:  # extra databases, then the services
             from envkit.providers.local.services import provision_spec
 
@@ -325,6 +330,7 @@ class LocalProvider:
                     max_delay=0.001,
                 )
             )
+        probes += cache_server.probes(record.outputs)
         resources = LocalResources.load(record)
         if resources.services:
             from envkit.providers.local.services import probes_for
@@ -341,6 +347,7 @@ class LocalProvider:
         pgdata = self.layout.pgdata(record.pipeline_id)
         if not on_server(record) and postmaster_pid(pgdata) is None:
             missing.append(f"database: its PostgreSQL server ({pgdata}) is not running")
+        missing += cache_server.gone(record.resources)
         resources = LocalResources.load(record)
         if resources.services:
             from envkit.providers.local.services import stopped_services
@@ -361,6 +368,10 @@ class LocalProvider:
 
             if stopped_services(resources):
                 return False
+        if cache_server.stopped(record) and not cache_server.restart_for(
+            record, self.run_as(), self.layout.logs(pipeline_id)
+        ):
+            return False
         from envkit.providers.local.server_database import on_server
 
         if postmaster_pid(pgdata) is not None or on_server(record):
@@ -410,6 +421,7 @@ class LocalProvider:
             layout.env_dir(pipeline_id),
             LocalResources.load(record) if record is not None else None,
         )
+        cache_server.stop_server(cache_server.folder_of(layout.env_dir(pipeline_id)))
         from envkit.providers.local import server_database
 
         server_database.destroy(self.settings, pipeline_id, record)

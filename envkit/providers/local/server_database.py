@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from envkit.providers.base import ProvisionRequest
+    from envkit.providers.local.cache_server import CacheStart
     from envkit.providers.local.loopback import Address
     from envkit.providers.local.provider import LocalProvider
     from envkit.providers.local.resources import LocalResources
@@ -74,8 +75,11 @@ def provision(
     resources: LocalResources,
     address: Address,
     save: Callable[[], None],
+    cache: CacheStart | None = None,
 ) -> dict[str, str]:
-    """The database on the server, then the spec's services on this machine; the outputs."""
+    """The database on the server, then Redis (``cache``, started by the caller) and the
+    spec's services on this machine; the outputs."""
+    from envkit.providers.local import cache_server
     from envkit.shared_server import create_database, server_reference
 
     settings = provider.settings
@@ -105,6 +109,7 @@ def provision(
     request.timings["database"] = time.perf_counter() - started
     outputs["NETWORK_ID"] = f"lo:{address.host}"
     outputs["CLUSTER_NAME"] = f"envkit-{request.pipeline_id}"
+    outputs.update(cache_server.finish(request, cache))  # before services use {REDIS_URL}
     if request.spec is not None and request.spec.services:
         from envkit.providers.local.services import provision_spec
 
