@@ -1,0 +1,53 @@
+"""Redis and a database on a shared server together (issues 17 and 19): the database goes to
+the server, Redis still runs on this machine at the pipeline's address, and ``down`` removes
+both."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from shared_pg import SharedServer, bindirs
+
+from envkit import lifecycle
+from envkit.kvwire import KvAddress, connect
+from envkit.plan import Plan
+from envkit.processes import cmdline, processes_naming
+from envkit.providers.local.osuser import trusted_uids
+from envkit.settings import Settings
+from envkit.state import Status
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SharedServer]:
+    from shared_pg import shared_server as start
+
+    with start(bindirs()[sorted(bindirs())[0]]) as running:
+        yield running
+
+
+def test_redis_runs_locally_beside_a_database_on_a_shared_server(
+    server: SharedServer, private_data: Path, settings: Settings
+) -> None:
+    mixed = settings.with_(redis=True, database_server=server.dsn)
+    record = lifecycle.up(Plan.build("mix-a", mixed, seed=False))
+    assert record.status is Status.READY
+    assert record.outputs["DATABASE_PORT"] == str(server.port)  # the shared server's
+    with psycopg.connect(record.outputs["DATABASE_URL"]) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (record.outputs["DATABASE_USER"],)
+    with connect(KvAddress.from_url(record.outputs["REDIS_URL"])) as session:
+        assert session.command("PING") == b"PONG"
+    assert record.outputs["REDIS_HOST"] == record.outputs["NETWORK_ID"].removeprefix("lo:")
+
+    assert lifecycle.down(Plan.build("mix-a", mixed)) is None
+    owners = trusted_uids(None) | {os.geteuid()}
+    left = [pid for pid, _ in processes_naming(str(private_data) + os.sep, owners)
+            if cmdline(pid) and cmdline(pid)[0].endswith("redis-server")]
+    assert left == []
+    names = server.psql("SELECT string_agg(datname, ',') FROM pg_database")
+    assert record.outputs["DATABASE_NAME"] not in names.split(",")
