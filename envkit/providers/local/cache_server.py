@@ -202,9 +202,13 @@ class CacheEntry:
 def running_pid(entry_dir: Path) -> int | None:
     """The pid of the live ``redis-server`` of ``entry_dir``, verified against its command line
     (the pid file is the server user's to write: a pid naming another process is not taken)."""
-    try:
-        pid = int((entry_dir / "redis.pid").read_text().strip())
-    except (OSError, ValueError):
+    try:  # the server user's file: a symlink it planted is not followed
+        fd = os.open(entry_dir / "redis.pid", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            pid = int(os.read(fd, 32).decode().strip())
+        finally:
+            os.close(fd)
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
     if pid > 0 and process_alive(pid, _CHILDREN) and str(entry_dir) in cmdline(pid):
         return pid
