@@ -29,7 +29,7 @@ def reap_server(admin_dsn: str, options: ReapOptions) -> ReapReport:
     with connect(dsn, application="envkit reap") as session:
         groups: dict[str, list[Entry]] = defaultdict(list)
         for entry in catalogue.entries(session):
-            if entry.mark is not None and entry.mark.kind != "template":
+            if entry.mark is not None and entry.mark.kind not in catalogue.NOT_PIPELINES:
                 groups[entry.mark.pipeline_id].append(entry)
         for pipeline_id, found in sorted(groups.items()):
             _reap_one(session, dsn, pipeline_id, found, options, report)

@@ -61,11 +61,12 @@ def admin_dsn(settings: Settings, record: Record | None) -> str | None:
 
 
 def preflight(settings: Settings) -> None:
-    """Reach the server and check the admin's privileges: exit 2 before anything is created."""
+    """Reach the server and check the admin's privileges: exit 2 before anything is created.
+    The checked session is kept for :func:`provision` (one connection per ``up``)."""
     from envkit.shared_server import check_admin
 
     assert settings.database_server is not None
-    check_admin(settings.database_server)
+    check_admin(settings.database_server, keep=True)
 
 
 def provision(
