@@ -1,7 +1,8 @@
 """The detached refill of a spare pool on a shared server: started after an ``up`` that took a
 spare or found none, it tops the pool up to its size under the pool's advisory lock (a refill
 already running holds it: then it exits at once), at nice 19, and exits quietly when the server
-is gone.
+is gone. One interpreter exec'd directly (no ``nice`` in front): its environment, which marks
+it, is readable from /proc from the moment it is started.
 
 The admin DSN reaches it through the environment variable ``ENVKIT_REFILL_DSN`` (readable only
 by the same user, unlike argv), never through its command line; ``ENVKIT_REFILL_SERVER`` holds
@@ -31,8 +32,8 @@ def start(admin_dsn: str, reference: str, template: str | None, size: int, owner
         return
     from envkit.commands import spawn_helper
 
-    spawn_helper(
-        ["nice", "-n", "19", sys.executable, "-m", __name__, template or "", str(size), owner],
+    spawn_helper(  # one exec (no nice(1)): niced by main itself
+        [sys.executable, "-m", __name__, template or "", str(size), owner],
         env={DSN_VARIABLE: admin_dsn, SERVER_VARIABLE: reference},
     )
 
@@ -70,6 +71,7 @@ def main(argv: list[str]) -> int:
     environment). Quiet: its output goes nowhere, and a server that is gone ends it."""
     text = os.environ.pop(DSN_VARIABLE, "")
     try:
+        os.nice(19)  # the ups it serves come first
         template, size, owner = argv[0] or None, int(argv[1]), argv[2]
         from envkit.shared_server.dsn import resolve
         from envkit.shared_server.session import connect

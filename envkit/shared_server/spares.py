@@ -29,7 +29,8 @@ from envkit.shared_server.names import SPARE_RE, ident, literal, lock_key, spare
 from envkit.shared_server.session import Session, SqlError, connect
 
 KIND = "spare"
-CLAIM_TRIES = 3  # spares tried before falling back to a clone of the template
+CLAIM_TRIES = 3  # spares that failed to convert before falling back to a clone of the template
+UNDEFINED_OBJECT = "42704"  # the spare's role is gone: another claimer took it since the survey
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,6 @@ def claim(
         key = spare_lock(name)
         if not try_lock(session, key):
             continue  # another claimer's, or reap's
-        tries += 1
         try:
             # One implicit transaction: a failure (claimed meanwhile: the names are gone) leaves
             # the spare as it was. Unlocked only after the commit, never inside it.
@@ -143,9 +143,11 @@ def claim(
                 f"{catalogue.mark_sql('database', database, database_mark)}"
             )
             return name
-        except SqlError:
-            if tries >= CLAIM_TRIES:
-                return None
+        except SqlError as exc:
+            if exc.sqlstate != UNDEFINED_OBJECT:  # not merely taken since the survey
+                tries += 1
+                if tries >= CLAIM_TRIES:
+                    return None
         finally:
             unlock(session, key)
     return None

@@ -163,5 +163,5 @@ def reap(settings: Settings, options: ReapOptions) -> ReapReport:
 
     if not settings.database_server:
         return ReapReport(dry_run=options.dry_run)
-    return reap_server(settings.database_server, options)
+    return reap_server(settings.database_server, options, pool_size=settings.spares)
 
