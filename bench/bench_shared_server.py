@@ -8,7 +8,9 @@ floor, medians from one run:
 - **floor**: ``CREATE ROLE`` + ``CREATE DATABASE … TEMPLATE`` of the same template through one
   ``psql`` process.
 
-Targets: shared CLI <= 0.75 x local CLI; in-process <= 2 x floor. The server is the tests' one
+Targets: shared CLI <= 0.75 x local CLI; in-process <= 2 x floor. The server's spare pools
+(ENVKIT_SPARES, default 2) are refilled in the background after each shared up; every timed
+step waits for those refills first, so none of them runs during another's measurement. The server is the tests' one
 (tests/shared_pg.py: PostgreSQL 15 as the envkit OS user, /dev/shm, SCRAM over TCP, an admin
 with CREATEDB CREATEROLE, not superuser). Run: ``python bench/bench_shared_server.py [--runs 9]``;
 writes bench/results-shared_server.json.
@@ -32,7 +34,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 from bench_up import envkit_home  # noqa: E402
-from shared_pg import ADMIN, bindirs, shared_server  # noqa: E402
+from shared_pg import ADMIN, bindirs, shared_server, wait_for_refills  # noqa: E402
 
 RESULTS = HERE / "results-shared_server.json"
 
@@ -73,17 +75,21 @@ def main() -> int:
         psql = [str(server.bindir / "psql"), "-XAtq", "-v", "ON_ERROR_STOP=1",
                 "-h", "127.0.0.1", "-p", str(server.port), "-U", ADMIN, "-d", "postgres"]
         for i in range(args.runs):
+            wait_for_refills(server)
             out["shared_cli"].append(timed_cli(
                 shared_env, "up", f"s-{i}", "--database-server", ref, "--format", "json"))
             timed_cli(shared_env, "down", f"s-{i}")
+            wait_for_refills(server)
             out["local_cli"].append(timed_cli(env, "up", f"l-{i}", "--format", "json"))
             timed_cli(env, "down", f"l-{i}")
             time.sleep(0.3)  # the spare pool refills in the background, as between CI jobs
+            wait_for_refills(server)
             context = envkit.environment(f"p-{i}", settings=settings)
             started = time.perf_counter()
             context.__enter__()
             out["in_process"].append(time.perf_counter() - started)
             context.__exit__(None, None, None)
+            wait_for_refills(server)
             started = time.perf_counter()
             subprocess.run([*psql, "-c", f"CREATE ROLE floor_{i} LOGIN PASSWORD 'x{i}'",
                             "-c", f'CREATE DATABASE floor_{i} '

@@ -92,9 +92,12 @@ def _stop(pipeline_id: str, marker: str) -> list[int]:
     )
 
 
-def spawn_helper(argv: list[str], *, pass_fds: tuple[int, ...] = ()) -> None:
+def spawn_helper(
+    argv: list[str], *, pass_fds: tuple[int, ...] = (), env: dict[str, str] | None = None
+) -> None:
     """Start one of envkit's own detached helpers (spare refill, trash removal): its own session,
-    no terminal, no inherited descriptors but ``pass_fds``, and no run's marker."""
+    no terminal, no inherited descriptors but ``pass_fds``, and no run's marker; ``env`` adds
+    variables (a secret goes there, never in ``argv``: command lines are public)."""
     import subprocess
 
     subprocess.Popen(
@@ -102,7 +105,7 @@ def spawn_helper(argv: list[str], *, pass_fds: tuple[int, ...] = ()) -> None:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=without_marker(),
+        env={**without_marker(), **(env or {})},
         start_new_session=True,
         close_fds=True,
         pass_fds=pass_fds,

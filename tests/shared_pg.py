@@ -20,7 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from envkit import processes
 from envkit.pgbin import wheel_bindir
+from envkit.shared_server.refill import SERVER_VARIABLE
 
 OS_USER = "envkit"
 ADMIN = "envkit_admin"
@@ -67,6 +69,24 @@ class SharedServer:
         if done.returncode != 0:
             raise RuntimeError(done.stderr)
         return done.stdout.strip()
+
+
+def refills(server: SharedServer) -> list[int]:
+    """The spare-pool refills running for ``server`` (found by their password-less mark)."""
+    return processes.carriers({SERVER_VARIABLE: server.reference}, {os.geteuid()})
+
+
+def wait_for_refills(server: SharedServer, timeout: float = 60.0) -> None:
+    """Wait until no refill of ``server`` runs; kill what is left after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < 3 and time.monotonic() < deadline:  # three empty looks: none is starting
+        running = refills(server)
+        quiet = 0 if running else quiet + 1
+        time.sleep(0.02)
+    for pid in refills(server):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _free_port() -> int:
@@ -119,7 +139,10 @@ def shared_server(bindir: Path) -> Iterator[SharedServer]:
             "REVOKE CONNECT ON DATABASE template1 FROM PUBLIC;"
             f"GRANT CONNECT ON DATABASE postgres TO {ADMIN}"
         )
-        yield server
+        try:
+            yield server
+        finally:
+            wait_for_refills(server)
     finally:
         if process is not None:
             _stop(process, datadir)

@@ -200,7 +200,32 @@ def load(settings: Settings, name: str) -> Dataset:
             hint="Pass one of them with --dataset, or add a directory with a dataset.toml to "
             "your seeds_dir (ENVKIT_SEEDS_DIR).",
         )
-    return parse(folder, name)
+    signature = _signature(folder)
+    key = (str(folder), name)
+    cached = _parsed.get(key)
+    if signature is not None and cached is not None and cached[0] == signature:
+        return cached[1]
+    dataset = parse(folder, name)
+    if signature is not None:
+        _parsed[key] = (signature, dataset)
+    return dataset
+
+
+# One ``up`` reads its dataset several times (the plan's check, the template's key, the seeding
+# report); parsing the TOML costs ~3 ms each time. Kept per folder while no file in it changed
+# (name, mtime, size of each); folders that are not plain directories are parsed every time.
+_parsed: dict[tuple[str, str], tuple[tuple[tuple[str, int, int], ...], Dataset]] = {}
+
+
+def _signature(folder: Traversable) -> tuple[tuple[str, int, int], ...] | None:
+    if not isinstance(folder, Path):
+        return None
+    try:
+        with os.scandir(folder) as entries:
+            found = [(e.name, e.stat()) for e in entries if e.is_file()]
+    except OSError:
+        return None
+    return tuple(sorted((n, st.st_mtime_ns, st.st_size) for n, st in found))
 
 
 def parse(folder: Traversable, name: str) -> Dataset:

@@ -4,9 +4,11 @@ ROLE`` of everything envkit creates there, in a stable JSON form::
     {"envkit": 1, "kind": "database", "pipeline_id": "pr-42", "owner": "ci#7",
      "expires_at": "2026-01-01T12:00:00Z", "status": "ready", "created_at": "…"}
 
-``kind`` is ``database`` (a pipeline's own), ``extra`` (a spec's extra database), ``role`` or
-``template``. A reap from any machine finds envkit's objects by name *and* mark: an object with
-an envkit-shaped name but no valid mark is not envkit's and is never touched.
+``kind`` is ``database`` (a pipeline's own), ``extra`` (a spec's extra database), ``role``,
+``template`` or ``spare`` (a ready clone of a template and its role, no pipeline yet: ``extra``
+names the template, empty for the empty pool). A reap from any machine finds envkit's objects
+by name *and* mark: an object with an envkit-shaped name but no valid mark is not envkit's and
+is never touched.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from envkit.shared_server.session import Session
 MARK_VERSION = 1
 CREATING = "creating"
 READY = "ready"
-KINDS = ("database", "extra", "role", "template")
+KINDS = ("database", "extra", "role", "template", "spare")
+NOT_PIPELINES = ("template", "spare")
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class Mark:
     expires_at: str
     status: str
     created_at: str
-    extra: str = ""  # template: the dataset and its statistics, as JSON
+    extra: str = ""  # template: the dataset and its statistics, as JSON; spare: its template
 
     def to_json(self) -> str:
         data: dict[str, Any] = {"envkit": MARK_VERSION, **asdict(self)}
@@ -114,10 +117,10 @@ def mark_sql(obj: str, name: str, mark: Mark) -> str:
 
 
 def belongs_to(entry: Entry, pipeline_id: str) -> bool:
-    """Whether ``entry`` is marked as an object of ``pipeline_id`` (not a template)."""
+    """Whether ``entry`` is marked as an object of ``pipeline_id`` (not a template or spare)."""
     return (
         entry.mark is not None
-        and entry.mark.kind != "template"
+        and entry.mark.kind not in NOT_PIPELINES
         and entry.mark.pipeline_id == pipeline_id
     )
 

@@ -1,7 +1,8 @@
 """Names of what envkit creates on a shared server, the advisory-lock keys guarding them, and
 SQL quoting. Pipeline databases and roles are ``envkit_<id>`` (envkit.naming's rule, with its
-hash suffix), extra databases ``envkit_<id>.<name>`` and templates ``envkit-<dataset key>``:
-a ``.`` or ``-`` never occurs in a pipeline's name, so no two kinds can collide."""
+hash suffix), extra databases ``envkit_<id>.<name>``, templates ``envkit-<dataset key>`` and
+spares ``envkit-sp-<pool>-<8 hex>`` (the pool: a dataset key, or ``empty``): a ``.`` or ``-``
+never occurs in a pipeline's name, so no two kinds can collide."""
 
 from __future__ import annotations
 
@@ -12,8 +13,13 @@ from envkit.naming import shorten, sql_identifier
 
 IDENTIFIER_LIMIT = 63
 _PIPELINE = r"envkit_[a-z0-9_]+"
-NAME_RE = re.compile(rf"{_PIPELINE}(\.[a-z_][a-z0-9_]*)?|envkit-ds[0-9a-f]{{12}}")
+_POOL = r"ds[0-9a-f]{12}|empty"
+NAME_RE = re.compile(
+    rf"{_PIPELINE}(\.[a-z_][a-z0-9_]*)?|envkit-ds[0-9a-f]{{12}}|envkit-sp-({_POOL})-[0-9a-f]{{8}}"
+)
 TEMPLATE_RE = re.compile(r"envkit-ds[0-9a-f]{12}")
+SPARE_RE = re.compile(rf"envkit-sp-(?P<pool>{_POOL})-[0-9a-f]{{8}}")
+EMPTY_POOL = "empty"
 
 
 def database_name(pipeline_id: str) -> str:
@@ -40,6 +46,19 @@ def template_name(dataset_key: str) -> str:
     """The template database (and the role owning its objects) of a dataset's content key
     (``ds<12 hex>``: envkit.seeding.pipeline.template_name)."""
     return f"envkit-{dataset_key}"
+
+
+def pool_name(template: str | None) -> str:
+    """The spare pool of a template (its dataset key), or of the empty database (``None``)."""
+    return template.removeprefix("envkit-") if template else EMPTY_POOL
+
+
+def spare_name(pool: str, token: str) -> str:
+    """A spare database (also the name of its role) of ``pool``; ``token``: 8 hex digits."""
+    name = f"envkit-sp-{pool}-{token}"
+    if SPARE_RE.fullmatch(name) is None:
+        raise ValueError(f"not a spare name: {name!r}")
+    return name
 
 
 def is_envkit_name(name: str) -> bool:

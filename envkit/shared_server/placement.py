@@ -12,24 +12,26 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from envkit.errors import PrerequisiteError, ProvisionError
 from envkit.naming import validate_pipeline_id
 from envkit.redact import scrub
 from envkit.settings import Settings
-from envkit.shared_server import catalogue
+from envkit.shared_server import catalogue, spares
 from envkit.shared_server.catalogue import Mark
 from envkit.shared_server.dsn import Dsn, resolve
+from envkit.shared_server.locks import holding, lock_held
 from envkit.shared_server.names import (
     database_name,
     extra_database_name,
     ident,
     literal,
     lock_key,
+    pool_name,
     role_name,
 )
-from envkit.shared_server.session import Session, SqlError, connect
+from envkit.shared_server.session import Session, SqlError, connect, park, take
 from envkit.shared_server.templates import ensure_template, iso_utc_now
 from envkit.spec_model import EnvSpec
 
@@ -67,23 +69,42 @@ def check_server(session: Session, dsn: Dsn) -> None:
         )
 
 
-def check_admin(admin_dsn: str) -> str:
-    """Connect and check the admin's privileges (exit 2 when one is missing); the reference."""
+def check_admin(admin_dsn: str, *, keep: bool = False) -> str:
+    """Connect and check the admin's privileges (exit 2 when one is missing); the reference.
+    With ``keep``, the checked session stays open for this process's next
+    :func:`create_database` on ``admin_dsn`` (``up``'s preflight: one connection, not two)."""
     dsn = resolve(admin_dsn)
+    stack = ExitStack()
+    try:
+        session = stack.enter_context(connect(dsn))
+        check_server(session, dsn)
+    except BaseException:
+        stack.close()
+        raise
+    if keep:
+        park(admin_dsn, stack, session)
+    else:
+        stack.close()
+    return dsn.reference()
+
+
+@contextmanager
+def admin_session(admin_dsn: str, dsn: Dsn) -> Iterator[Session]:
+    """An admin session whose privileges were checked: the one preflight kept, or a new one."""
+    with take(admin_dsn) as parked:
+        if parked is not None:
+            yield parked
+            return
     with connect(dsn) as session:
         check_server(session, dsn)
-    return dsn.reference()
+        yield session
 
 
 @contextmanager
 def pipeline_lock(session: Session, pipeline_id: str) -> Iterator[None]:
     """The pipeline's advisory lock on the server, held while the block runs."""
-    key = lock_key("pipeline", pipeline_id)
-    session.query(f"SELECT pg_advisory_lock({key})")
-    try:
+    with holding(session, lock_key("pipeline", pipeline_id)):
         yield
-    finally:
-        session.query(f"SELECT pg_advisory_unlock({key})")
 
 
 def create_database(
@@ -107,37 +128,36 @@ def create_database(
     dsn = resolve(admin_dsn)
     role, database = role_name(pipeline_id), database_name(pipeline_id)
     password = secrets.token_urlsafe(24)
+    refill = False
     try:
-        with connect(dsn) as session:
-            check_server(session, dsn)
+        with admin_session(admin_dsn, dsn) as session:
             template = None
             if dataset is not None:
                 started = time.perf_counter()
                 template = ensure_template(session, dsn, settings, dataset, progress=progress)
                 timings["dataset_template"] = time.perf_counter() - started
+            source = template.name if template is not None else None
             started = time.perf_counter()
             with pipeline_lock(session, pipeline_id):
                 _drop(session, pipeline_id)
                 _refuse_foreign(session, dsn, role, database)
-                now = iso_utc_now()
-                mark = Mark("role", pipeline_id, owner, expires_at, catalogue.CREATING, now)
-                session.query(
-                    f"CREATE ROLE {ident(role)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-                    f"PASSWORD {literal(scram_verifier(password))}; "
-                    f"{catalogue.mark_sql('role', role, mark)}; GRANT {ident(role)} TO CURRENT_USER"
-                )
-                source = f" TEMPLATE {ident(template.name)}" if template else ""
-                session.query(f"CREATE DATABASE {ident(database)} OWNER {ident(role)}{source}")
+                mark = Mark("role", pipeline_id, owner, expires_at, catalogue.CREATING,
+                            iso_utc_now())
                 db_mark = mark.with_(kind="database")
-                session.query(_lock_down(database, db_mark.with_(status=catalogue.READY)))
-                if template is not None:
-                    with connect(dsn, database) as inside:
-                        inside.query(
-                            f"REASSIGN OWNED BY {ident(template.name)} TO {ident(role)}; "
-                            f"REVOKE ALL ON SCHEMA public FROM {ident(template.name)}"
-                        )
+                verifier = scram_verifier(password)
+                spare = None
+                if settings.spares > 0:
+                    spare = spares.claim(
+                        session, pool_name(source), source, role=role, database=database,
+                        verifier=verifier, role_mark=mark,
+                        database_mark=db_mark.with_(status=catalogue.READY),
+                    )
+                if spare is None:
+                    _clone(session, dsn, role, database, verifier, mark, source)
                 extras = _extras(session, pipeline_id, role, db_mark, spec)
                 session.query(catalogue.mark_sql("role", role, mark.with_(status=catalogue.READY)))
+            if settings.spares > 0:  # took one or found none: top the pool up, unless running
+                refill = not lock_held(session, spares.pool_lock(pool_name(source)))
             timings["database"] = time.perf_counter() - started
     except SqlError as exc:
         raise ProvisionError(
@@ -146,6 +166,10 @@ def create_database(
             hint="envkit names the privilege it lacked, if any; 'envkit down "
             f"{pipeline_id} --database-server …' removes what was created.",
         ) from None
+    if refill:
+        from envkit.shared_server import refill as refiller
+
+        refiller.start(admin_dsn, dsn.reference(), source, settings.spares, settings.owner)
     outputs = {
         "DATABASE_URL": dsn.url(role, password, database),
         "DATABASE_HOST": dsn.host,
@@ -157,6 +181,33 @@ def create_database(
     for output, name in extras.items():
         outputs[output] = dsn.url(role, password, name)
     return outputs
+
+
+def _clone(
+    session: Session,
+    dsn: Dsn,
+    role: str,
+    database: str,
+    verifier: str,
+    mark: Mark,
+    template: str | None,
+) -> None:
+    """The pipeline's role, and its database cloned from ``template`` (no spare to take)."""
+    session.query(
+        f"CREATE ROLE {ident(role)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+        f"PASSWORD {literal(verifier)}; "
+        f"{catalogue.mark_sql('role', role, mark)}; GRANT {ident(role)} TO CURRENT_USER"
+    )
+    source = f" TEMPLATE {ident(template)}" if template else ""
+    session.query(f"CREATE DATABASE {ident(database)} OWNER {ident(role)}{source}")
+    db_mark = mark.with_(kind="database", status=catalogue.READY)
+    session.query(_lock_down(database, db_mark))
+    if template is not None:
+        with connect(dsn, database) as inside:
+            inside.query(
+                f"REASSIGN OWNED BY {ident(template)} TO {ident(role)}; "
+                f"REVOKE ALL ON SCHEMA public FROM {ident(template)}"
+            )
 
 
 def _lock_down(database: str, mark: Mark) -> str:

@@ -1,7 +1,9 @@
 """Reaping a shared server from the server alone (any machine, no local state): envkit's
 databases and roles are found by name *and* mark; a pipeline is dropped when its expiry passed,
 or when it was left half-created (not ready) longer than the grace period ago and its advisory
-lock is free (no creator alive). Templates and everything unmarked are left alone."""
+lock is free (no creator alive). Spares are dropped when they are more than the pool's size,
+when their template is gone or newer than they are, or when left half-made (the pool's lock free,
+older than the grace period). Templates and everything unmarked are left alone."""
 
 from __future__ import annotations
 
@@ -10,30 +12,102 @@ from datetime import datetime, timedelta
 
 from envkit.naming import parse_iso
 from envkit.reaping import Decision, ReapOptions, ReapReport
-from envkit.shared_server import catalogue
+from envkit.shared_server import catalogue, spares
 from envkit.shared_server.catalogue import Entry
 from envkit.shared_server.dsn import Dsn, resolve
+from envkit.shared_server.locks import lock_held, try_lock, unlock
 from envkit.shared_server.names import lock_key
 from envkit.shared_server.placement import _drop
 from envkit.shared_server.session import Session, SqlError, connect
+from envkit.shared_server.spares import Spare
 
 HALF_CREATED_GRACE = timedelta(minutes=10)
 KIND = "database-server"
+SPARE_KIND = "database-server-spare"
+POOL_SIZE = 2  # settings.spares' default
 
 
-def reap_server(admin_dsn: str, options: ReapOptions) -> ReapReport:
-    """Drop the expired and the abandoned pipelines' databases and roles on the server; with
-    ``options.dry_run`` only say which (no lock taken, nothing written)."""
+def reap_server(admin_dsn: str, options: ReapOptions, *, pool_size: int = POOL_SIZE) -> ReapReport:
+    """Drop the expired and the abandoned pipelines' databases and roles on the server, and the
+    spares beyond ``pool_size`` per pool, stale or half-made; with ``options.dry_run`` only say
+    which (no lock taken, nothing written)."""
     dsn = resolve(admin_dsn)
     report = ReapReport(dry_run=options.dry_run)
     with connect(dsn, application="envkit reap") as session:
         groups: dict[str, list[Entry]] = defaultdict(list)
         for entry in catalogue.entries(session):
-            if entry.mark is not None and entry.mark.kind != "template":
+            if entry.mark is not None and entry.mark.kind not in catalogue.NOT_PIPELINES:
                 groups[entry.mark.pipeline_id].append(entry)
         for pipeline_id, found in sorted(groups.items()):
             _reap_one(session, dsn, pipeline_id, found, options, report)
+        _reap_spares(session, dsn, options, report, pool_size)
     return report
+
+
+def _reap_spares(
+    session: Session, dsn: Dsn, options: ReapOptions, report: ReapReport, size: int
+) -> None:
+    pools: dict[str, list[Spare]] = defaultdict(list)
+    for spare in spares.survey(session):
+        if spare.envkits:  # never what envkit did not make
+            pools[spare.pool].append(spare)
+    templates: dict[str, str | None] = {}
+    for pool, found in sorted(pools.items()):
+        busy = lock_held(session, spares.pool_lock(pool))
+        doomed: list[tuple[Spare, str]] = []
+        ready: list[Spare] = []
+        for spare in found:
+            mark = spare.mark
+            created = _when(mark.created_at) if mark is not None else None
+            if not spare.ready:
+                grace = options.older_than if options.older_than is not None else (
+                    HALF_CREATED_GRACE
+                )
+                if not busy and (created is None or options.now - created >= grace):
+                    doomed.append((spare, "left half-made by a refill that is gone"))
+                continue
+            if spare.template not in templates:
+                templates[spare.template] = spares.template_ready(session, spare.template)
+            made = templates[spare.template]
+            if made is None:
+                doomed.append((spare, f"its template {spare.template} is gone"))
+            elif mark is not None and made and mark.created_at < made:
+                doomed.append((spare, f"older than its template {spare.template}"))
+            else:
+                ready.append(spare)
+        ready.sort(key=lambda s: s.mark.created_at if s.mark else "", reverse=True)
+        doomed += [(s, f"surplus: the pool keeps {size}") for s in ready[max(size, 0):]]
+        for spare, reason in doomed:
+            _reap_spare(session, dsn, spare, reason, options, report)
+
+
+def _reap_spare(
+    session: Session, dsn: Dsn, spare: Spare, reason: str, options: ReapOptions,
+    report: ReapReport,
+) -> None:
+    objects = [name for name, has in (("database", spare.has_database), ("role", spare.has_role))
+               if has]
+    entry: dict[str, object] = {
+        "resource": spare.name,
+        "kind": SPARE_KIND,
+        "server": dsn.reference(),
+        "resources": [f"{obj} {spare.name}" for obj in objects],
+        "reason": reason,
+    }
+    if options.dry_run:
+        report.add("reaped", entry)
+        return
+    key = spares.spare_lock(spare.name)
+    try:
+        if not try_lock(session, key):
+            return  # being claimed
+        try:
+            spares.drop(session, spare)
+        finally:
+            unlock(session, key)
+        report.add("reaped", entry)
+    except SqlError as exc:
+        report.add("errors", {**entry, "error": str(exc)})
 
 
 def decide(found: list[Entry], options: ReapOptions, *, locked: bool) -> Decision:
@@ -74,7 +148,7 @@ def _reap_one(
     }
     try:
         if options.dry_run:
-            decision = decide(found, options, locked=_lock_held(session, key))
+            decision = decide(found, options, locked=lock_held(session, key))
             report.add("reaped" if decision.reap else "kept", {**entry, "reason": decision.reason})
             return
         got = session.query(f"SELECT pg_try_advisory_lock({key})")[0][0] == "t"
@@ -88,16 +162,6 @@ def _reap_one(
                 session.query(f"SELECT pg_advisory_unlock({key})")
     except SqlError as exc:
         report.add("errors", {**entry, "error": str(exc)})
-
-
-def _lock_held(session: Session, key: int) -> bool:
-    """Whether some session holds the advisory lock ``key`` (read from pg_locks: no lock taken)."""
-    high, low = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
-    rows = session.query(
-        "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-        f"AND classid = {high}::bigint::oid AND objid = {low}::bigint::oid AND objsubid = 1"
-    )
-    return bool(rows)
 
 
 def _when(text: str) -> datetime | None:

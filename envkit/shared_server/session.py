@@ -5,8 +5,10 @@ server asks for a password method envkit's client refuses. Connection failures b
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Protocol
 
 from envkit.errors import ConfigError, PrerequisiteError
@@ -15,6 +17,7 @@ from envkit.shared_server.dsn import Dsn
 
 Row = list[str | None]
 CONNECT_TIMEOUT = 10.0
+PARK_SECONDS = 30.0  # a parked session older than this is closed, not reused
 
 
 class SqlError(Exception):
@@ -130,3 +133,34 @@ def _connect_error(dsn: Dsn, dbname: str, message: str, sqlstate: str) -> Except
         hint="Check the host and port, that the server runs, and that this machine may "
         "connect to it.",
     )
+
+
+# -- a checked admin session handed from preflight to create, within one process ---------------
+_parked: dict[str, tuple[float, ExitStack, Session]] = {}
+_parked_lock = threading.Lock()
+
+
+def park(key: str, stack: ExitStack, session: Session) -> None:
+    """Keep an open session (``stack`` closes it) for the next :func:`take` of ``key`` in this
+    process: ``up`` checks the admin in its preflight and creates the database moments later,
+    one connection instead of two. One per key; the one it replaces is closed."""
+    with _parked_lock:
+        old = _parked.pop(key, None)
+        _parked[key] = (time.monotonic(), stack, session)
+    if old is not None:
+        old[1].close()
+
+
+@contextmanager
+def take(key: str) -> Iterator[Session | None]:
+    """The session parked under ``key`` (closed when the block ends), or ``None``."""
+    with _parked_lock:
+        found = _parked.pop(key, None)
+    if found is not None and time.monotonic() - found[0] > PARK_SECONDS:
+        found[1].close()
+        found = None
+    if found is None:
+        yield None
+        return
+    with found[1]:
+        yield found[2]

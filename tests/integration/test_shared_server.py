@@ -102,11 +102,12 @@ def test_reap_from_the_server_alone(server: SharedServer, settings: Settings) ->
     server.psql('CREATE ROLE "envkit_handmade"')
     now = utcnow()
     dry = shared_server.reap_server(server.dsn, ReapOptions(now=now, dry_run=True))
-    assert [e["pipeline_id"] for e in dry.reaped] == ["old"]
+    assert [e["pipeline_id"] for e in dry.reaped if "pipeline_id" in e] == ["old"]
     assert "envkit_old" in server.psql("SELECT datname FROM pg_database")  # nothing written
     shared_server.set_expiry(server.dsn, "young", PAST, status="preserved")
     report = shared_server.reap_server(server.dsn, ReapOptions(now=now))
-    assert sorted(e["pipeline_id"] for e in report.reaped) == ["old", "young"]
+    assert sorted(e["pipeline_id"] for e in report.reaped if "pipeline_id" in e) == [
+        "old", "young"]
     left = server.psql("SELECT datname FROM pg_database WHERE datname ~ '^envkit_' "
                        "UNION ALL SELECT rolname FROM pg_roles WHERE rolname ~ '^envkit_'")
     assert sorted(left.split()) == [ADMIN, "envkit_handmade", "envkit_handmade"]
@@ -129,7 +130,7 @@ def test_half_created_is_reaped_only_when_its_lock_is_free(
         busy = shared_server.reap_server(server.dsn, ReapOptions(utcnow(), older_than=timedelta(0)))
         assert next(e["reason"] for e in busy.kept if e["pipeline_id"] == "half").startswith("busy")
     free = shared_server.reap_server(server.dsn, ReapOptions(utcnow(), older_than=timedelta(0)))
-    assert [e["pipeline_id"] for e in free.reaped] == ["half"]
+    assert [e["pipeline_id"] for e in free.reaped if "pipeline_id" in e] == ["half"]
 
 
 def test_missing_privileges_and_bad_passwords_are_exit_2(

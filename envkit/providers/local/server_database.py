@@ -62,11 +62,12 @@ def admin_dsn(settings: Settings, record: Record | None) -> str | None:
 
 
 def preflight(settings: Settings) -> None:
-    """Reach the server and check the admin's privileges: exit 2 before anything is created."""
+    """Reach the server and check the admin's privileges: exit 2 before anything is created.
+    The checked session is kept for :func:`provision` (one connection per ``up``)."""
     from envkit.shared_server import check_admin
 
     assert settings.database_server is not None
-    check_admin(settings.database_server)
+    check_admin(settings.database_server, keep=True)
 
 
 def provision(
@@ -167,5 +168,5 @@ def reap(settings: Settings, options: ReapOptions) -> ReapReport:
 
     if not settings.database_server:
         return ReapReport(dry_run=options.dry_run)
-    return reap_server(settings.database_server, options)
+    return reap_server(settings.database_server, options, pool_size=settings.spares)
 
