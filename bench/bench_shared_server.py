@@ -10,10 +10,10 @@ floor, medians from one run:
 
 Targets: shared CLI <= 0.75 x local CLI; in-process <= 2 x floor. The server's spare pools
 (ENVKIT_SPARES, default 2) are refilled in the background after each shared up; every timed
-step waits for those refills first, so none of them runs during another's measurement. The server is the tests' one
-(tests/shared_pg.py: PostgreSQL 15 as the envkit OS user, /dev/shm, SCRAM over TCP, an admin
-with CREATEDB CREATEROLE, not superuser). Run: ``python bench/bench_shared_server.py [--runs 9]``;
-writes bench/results-shared_server.json.
+step waits for those refills first, so none of them runs during another's measurement. The
+server is the tests' one (tests/shared_pg.py: PostgreSQL 15 as the envkit OS user, /dev/shm,
+SCRAM over TCP, an admin with CREATEDB CREATEROLE, not superuser).
+Run: ``python bench/bench_shared_server.py [--runs 9]``; writes bench/results-shared_server.json.
 """
 
 from __future__ import annotations

@@ -165,3 +165,17 @@ def test_password_from_pgpass(server: SharedServer, tmp_path: Path) -> None:
     found = dsn_module.resolve(server.reference, env={"PGPASSFILE": str(passfile)})
     assert found.password == server.password
     assert server.password not in repr(found) and server.password not in found.reference()
+
+
+def test_destroy_without_a_record_never_drops_on_the_server(
+    server: SharedServer, settings: Settings
+) -> None:
+    """A leftover of another home with the same pipeline ID (reaped with --database-server
+    given) has no record naming the server: its destroy must not drop this pipeline's database."""
+    from envkit.providers import get_provider
+
+    outputs = create(server, "same-id", settings, dataset=None)
+    provider = get_provider("local", settings.with_(database_server=server.dsn))
+    provider.destroy("same-id", None)
+    assert not refused(outputs["DATABASE_URL"])
+    assert shared_server.drop_database(server.dsn, "same-id") is True

@@ -139,8 +139,11 @@ def probes(record: Record) -> list[Probe]:
 
 
 def destroy(settings: Settings, pipeline_id: str, record: Record | None) -> None:
-    """Drop the pipeline's database and role on the server (when it has or may have some)."""
-    if record is not None and not on_server(record):
+    """Drop the pipeline's database and role on the server its record names. Without a record
+    nothing is dropped there: ``up`` records the server before it creates anything on it, and a
+    pipeline ID is not unique across homes (the leftover of another home's ``c`` must not drop
+    this home's ``c``); what a lost record left is the server reap's (by its marks)."""
+    if record is None or not on_server(record):
         return
     dsn = admin_dsn(settings, record)
     if dsn is None:
