@@ -41,6 +41,18 @@ class CacheArgs:
     auth_token: Any = None  # a secret Output/str; generated (and kept a secret) when None
 
 
+# ElastiCache takes "major.minor" from Redis 7 on (and "6.x" for 6); a spec asks for a major.
+_BARE_MAJOR = {("redis", "6"): "6.x", ("redis", "7"): "7.1", ("valkey", "7"): "7.2",
+               ("valkey", "8"): "8.0"}  # fmt: skip
+
+
+def engine_version(engine: str, version: str | None) -> str | None:
+    """The version ElastiCache accepts for a spec's ``version`` (a bare major or major.minor)."""
+    if not version:
+        return None
+    return _BARE_MAJOR.get((engine, version), version)
+
+
 def generate_token() -> str:
     """An AUTH token ElastiCache accepts (16-128 printable characters, no '@', '"' or '/')."""
     return secrets.token_urlsafe(32)
@@ -98,8 +110,9 @@ class Cache(pulumi.ComponentResource):
         )
         replication_group_id = cache_name(args.pipeline_id, "redis")
         extra: dict[str, Any] = {}
-        if args.engine_version:
-            extra["engine_version"] = args.engine_version
+        version = engine_version(args.engine, args.engine_version)
+        if version:
+            extra["engine_version"] = version
         group_ = aws.elasticache.ReplicationGroup(
             f"{name}-group",
             replication_group_id=replication_group_id,

@@ -529,6 +529,17 @@ def test_redis_options_token_and_persistence_reach_the_replication_group() -> No
     assert secret["REDIS_URL"]
 
 
+def test_a_bare_major_version_becomes_one_elasticache_accepts() -> None:
+    from envkit._stacks.cache import engine_version
+
+    assert engine_version("redis", "7") == "7.1" and engine_version("valkey", "8") == "8.0"
+    assert engine_version("redis", "6") == "6.x" and engine_version("redis", "7.0") == "7.0"
+    assert engine_version("valkey", None) is None
+    mocks, _, _ = run(config(redis=True, redis_version="7", services=()))
+    (group,) = mocks.of_type("aws:elasticache/replicationGroup:ReplicationGroup")
+    assert group.inputs["engineVersion"] == "7.1"
+
+
 def test_without_redis_there_is_no_cache_and_no_redis_output() -> None:
     mocks, values, _ = run(config(services=()))
     assert not any(r.typ.startswith("aws:elasticache") for r in mocks.resources)
