@@ -99,6 +99,19 @@ class StackConfig:
     egress: str = "public"
     services: tuple[ServiceArgs, ...] = ()
     db_password: Any = None  # a secret Output from config; generated when None
+    # Redis (ElastiCache): engine "redis" or "valkey", its version (None: the engine's default).
+    redis: bool = False
+    redis_engine: str = "redis"
+    redis_version: str | None = None
+    redis_node_type: str = "cache.t4g.micro"
+    redis_persistence: bool = False
+    redis_token: Any = None  # a secret Output; generated when None
+    # The shared RDS instance: the base stack holds it; a pipeline stack creates no RDS instance
+    # and gets its database on it from envkit (host, port, name, user; the password as
+    # db_password) in ``external_database``.
+    shared_database: bool = False
+    shared_instance_class: str = "db.t4g.small"
+    external_database: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.egress not in EGRESS_MODES:
@@ -126,7 +139,17 @@ class StackConfig:
             "spot": json.dumps(self.spot),
             "egress": self.egress,
             "services": json.dumps([_plain_service(s) for s in self.services]),
+            "redis": json.dumps(self.redis),
+            "redisEngine": self.redis_engine,
+            "redisNodeType": self.redis_node_type,
+            "redisPersistence": json.dumps(self.redis_persistence),
+            "sharedDatabase": json.dumps(self.shared_database),
+            "sharedInstanceClass": self.shared_instance_class,
         }
+        if self.redis_version:
+            values["redisVersion"] = self.redis_version
+        if self.external_database:
+            values["externalDatabase"] = json.dumps(dict(self.external_database), sort_keys=True)
         if self.base_stack:
             values["baseStack"] = self.base_stack
         if self.ci_cidr:
@@ -136,9 +159,12 @@ class StackConfig:
         return {f"envkit:{key}": str(value) for key, value in values.items()}
 
     @classmethod
-    def from_config(cls, get: Mapping[str, str], db_password: Any = None) -> StackConfig:
+    def from_config(
+        cls, get: Mapping[str, str], db_password: Any = None, redis_token: Any = None
+    ) -> StackConfig:
         """Read what :meth:`to_config` wrote (keys without the ``envkit:`` namespace)."""
         zones = get.get("availabilityZones")
+        external = get.get("externalDatabase")
         return cls(
             pipeline_id=get["pipelineId"],
             expires_at=parse_iso(get["expiresAt"]),
@@ -157,6 +183,15 @@ class StackConfig:
             egress=get.get("egress", "public"),
             services=tuple(ServiceArgs(**s) for s in json.loads(get.get("services", "[]"))),
             db_password=db_password,
+            redis=json.loads(get.get("redis", "false")),
+            redis_engine=get.get("redisEngine", "redis"),
+            redis_version=get.get("redisVersion") or None,
+            redis_node_type=get.get("redisNodeType", "cache.t4g.micro"),
+            redis_persistence=json.loads(get.get("redisPersistence", "false")),
+            redis_token=redis_token,
+            shared_database=json.loads(get.get("sharedDatabase", "false")),
+            shared_instance_class=get.get("sharedInstanceClass", "db.t4g.small"),
+            external_database=json.loads(external) if external else None,
         )
 
 

@@ -14,24 +14,34 @@ ECS resolves when the task starts.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from typing import Any
+from urllib.parse import quote
 
 import pulumi
 import pulumi_aws as aws
 
-from envkit.naming import AWS_NAME_LIMIT, aws_name
+from envkit.naming import AWS_NAME_LIMIT, aws_name, rds_identifier
 
+from .cache import Cache, CacheArgs
 from .cluster import Cluster, ClusterArgs
 from .config import ROLE_BASE, ServiceArgs, StackConfig
 from .database import Database, DatabaseArgs
 from .network import Network, NetworkArgs, NetworkRef
 
+DatabaseOutputs = dict[str, pulumi.Output[Any]]
+
 CONFIG_NAMESPACE = "envkit"
 PASSWORD_KEY = "dbPassword"  # noqa: S105  (a config key, not a password)
+REDIS_TOKEN_KEY = "redisToken"  # noqa: S105  (a config key, not a token)
 
-
-SECRET_PLACEHOLDERS = {"DATABASE_URL": "url", "DATABASE_PASSWORD": "password"}
+# Placeholders that carry a secret -> their key in the environment's Secrets Manager secret.
+SECRET_PLACEHOLDERS = {
+    "DATABASE_URL": "url",
+    "DATABASE_PASSWORD": "password",
+    "REDIS_URL": "redis_url",
+}
 
 
 def tag_transform(tags: dict[str, str]) -> Any:
@@ -87,7 +97,8 @@ _PLACEHOLDER = re.compile(r"\{([A-Z][A-Z0-9_]*)\}")
 
 
 def uses_secret_outputs(service: ServiceArgs) -> bool:
-    """Whether an env value of ``service`` asks for the database password (URL included)."""
+    """Whether an env value of ``service`` asks for a secret output (database password, the
+    database or Redis URL)."""
     return any(
         isinstance(v, str) and set(_PLACEHOLDER.findall(v)) & set(SECRET_PLACEHOLDERS)
         for v in service.env.values()
@@ -126,8 +137,8 @@ def _with_outputs(
             SECRET_PLACEHOLDERS
         ):
             raise ValueError(
-                f"service {service.name!r}: env {key} embeds the database password; give it "
-                "a variable of its own ({DATABASE_URL} or {DATABASE_PASSWORD} as the whole "
+                f"service {service.name!r}: env {key} embeds a password; give it a variable "
+                "of its own ({DATABASE_URL}, {DATABASE_PASSWORD} or {REDIS_URL} as the whole "
                 "value), which ECS fills from Secrets Manager"
             )
         else:
@@ -141,9 +152,9 @@ def _value_from(json_key: str) -> Any:
 
 
 def _database_secret(
-    config: StackConfig, database: Database, opts: pulumi.ResourceOptions
+    config: StackConfig, values: dict[str, pulumi.Output[Any]], opts: pulumi.ResourceOptions
 ) -> pulumi.Output[str]:
-    """A Secrets Manager secret ``{"url", "password"}`` for the services to reference."""
+    """A Secrets Manager secret ``{"url", "password"[, "redis_url"]}`` for the services."""
     secret = aws.secretsmanager.Secret(
         "database-secret",
         name=aws_name(config.pipeline_id, "db", limit=AWS_NAME_LIMIT),
@@ -155,17 +166,102 @@ def _database_secret(
     aws.secretsmanager.SecretVersion(
         "database-secret-value",
         secret_id=secret.id,
-        secret_string=pulumi.Output.json_dumps(
-            {"url": database.url, "password": database.password}
-        ),
+        secret_string=pulumi.Output.json_dumps(values),
         opts=opts,
     )
     arn: pulumi.Output[str] = secret.arn
     return arn
 
 
+def _database(
+    config: StackConfig,
+    subnets: pulumi.Input[list[str]],
+    groups: pulumi.Input[list[str]],
+    opts: pulumi.ResourceOptions,
+) -> DatabaseOutputs:
+    """The pipeline's own RDS instance, as the ``DATABASE_*`` outputs."""
+    database = Database(
+        "database",
+        DatabaseArgs(
+            config.pipeline_id,
+            subnet_ids=subnets,
+            security_group_ids=groups,
+            engine_version=config.engine_version,
+            instance_class=config.instance_class,
+            allocated_storage=config.allocated_storage,
+            publicly_accessible=config.public,
+            password=config.db_password,
+        ),
+        opts,
+    )
+    return {
+        "DATABASE_URL": database.url,
+        "DATABASE_HOST": database.address,
+        "DATABASE_PORT": database.port.apply(str),
+        "DATABASE_NAME": database.name,
+        "DATABASE_USER": database.username,
+        "DATABASE_PASSWORD": database.password,
+    }
+
+
+def _external_database(config: StackConfig) -> DatabaseOutputs:
+    """The database envkit made for the pipeline on the shared instance (no RDS resource)."""
+    given = dict(config.external_database or {})
+    missing = {"host", "port", "name", "user"} - set(given)
+    if missing or config.db_password is None:
+        raise ValueError(
+            "external_database needs host, port, name, user and the password as db_password; "
+            f"missing: {', '.join(sorted(missing)) or 'db_password'}"
+        )
+    password = pulumi.Output.secret(config.db_password)
+    host, port, name, user = (given[k] for k in ("host", "port", "name", "user"))
+    return {
+        "DATABASE_URL": pulumi.Output.secret(
+            password.apply(
+                lambda p: f"postgresql://{quote(user, safe='')}:{quote(str(p), safe='')}"
+                f"@{host}:{port}/{quote(name, safe='')}"
+            )
+        ),
+        "DATABASE_HOST": pulumi.Output.from_input(host),
+        "DATABASE_PORT": pulumi.Output.from_input(str(port)),
+        "DATABASE_NAME": pulumi.Output.from_input(name),
+        "DATABASE_USER": pulumi.Output.from_input(user),
+        "DATABASE_PASSWORD": password,
+    }
+
+
+def _cache(
+    config: StackConfig, network: Network | NetworkRef, opts: pulumi.ResourceOptions
+) -> DatabaseOutputs:
+    """The pipeline's ElastiCache replication group, as the ``REDIS_*`` outputs."""
+    admitted: pulumi.Input[list[str]] = network.vpc_cidr.apply(
+        lambda cidr: [cidr] + ([config.ci_cidr] if config.ci_cidr else [])
+    )
+    cache = Cache(
+        "cache",
+        CacheArgs(
+            config.pipeline_id,
+            vpc_id=network.vpc_id,
+            subnet_ids=network.private_subnet_ids,
+            admitted_cidrs=admitted,
+            engine=config.redis_engine,
+            engine_version=config.redis_version,
+            node_type=config.redis_node_type,
+            persistence=config.redis_persistence,
+            auth_token=config.redis_token,
+        ),
+        opts,
+    )
+    return {
+        "REDIS_URL": cache.url,
+        "REDIS_HOST": cache.host,
+        "REDIS_PORT": cache.port.apply(str),
+    }
+
+
 def build_base(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
-    """The long-lived base stack of shared-base mode: only the network."""
+    """The long-lived base stack of shared-base mode: the network, and with
+    ``shared_database`` the one RDS instance on which envkit gives each pipeline a database."""
     _register_tags(config)
     opts = pulumi.ResourceOptions(providers=[_provider(config)])
     network = _network(config, opts)
@@ -176,6 +272,32 @@ def build_base(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
         "public_subnet_ids": network.public_subnet_ids,
         "security_group_id": network.security_group_id,
     }
+    if config.shared_database:
+        subnets = network.public_subnet_ids if config.public else network.private_subnet_ids
+        shared = Database(
+            "shared-database",
+            DatabaseArgs(
+                config.pipeline_id,
+                subnet_ids=subnets,
+                security_group_ids=network.security_group_id.apply(lambda g: [g]),
+                engine_version=config.engine_version,
+                instance_class=config.shared_instance_class,
+                allocated_storage=config.allocated_storage,
+                publicly_accessible=config.public,
+                password=config.db_password,
+            ),
+            opts,
+        )
+        # What envkit builds the admin DSN from (the password stays a secret in the state).
+        outputs.update(
+            shared_database_identifier=pulumi.Output.from_input(
+                rds_identifier(config.pipeline_id)
+            ),
+            shared_database_address=shared.address,
+            shared_database_port=shared.port,
+            shared_database_user=shared.username,
+            shared_database_password=shared.password,
+        )
     for key, value in outputs.items():
         pulumi.export(key, value)
     return outputs
@@ -198,33 +320,22 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
     public_tasks = config.egress == "public"
     task_subnets = network.public_subnet_ids if public_tasks else network.private_subnet_ids
     groups = network.security_group_id.apply(lambda g: [g])
-    database = Database(
-        "database",
-        DatabaseArgs(
-            config.pipeline_id,
-            subnet_ids=subnets,
-            security_group_ids=groups,
-            engine_version=config.engine_version,
-            instance_class=config.instance_class,
-            allocated_storage=config.allocated_storage,
-            publicly_accessible=config.public,
-            password=config.db_password,
-        ),
-        opts,
-    )
-    database_outputs = {
-        "DATABASE_URL": database.url,
-        "DATABASE_HOST": database.address,
-        "DATABASE_PORT": database.port.apply(str),
-        "DATABASE_NAME": database.name,
-        "DATABASE_USER": database.username,
-        "DATABASE_PASSWORD": database.password,
-    }
+    if config.external_database is not None:
+        database_outputs = _external_database(config)
+    else:
+        database_outputs = _database(config, subnets, groups, opts)
+    cache_outputs = _cache(config, network, opts) if config.redis else {}
+    placeholders = {**database_outputs, **cache_outputs}
     secret_arn = (
-        _database_secret(config, database, opts)
+        _database_secret(
+            config,
+            {key: placeholders[name] for name, key in SECRET_PLACEHOLDERS.items()
+             if name in placeholders},
+            opts,
+        )
         if any(uses_secret_outputs(s) for s in config.services)
         else None
-    )
+    )  # fmt: skip
     cluster = Cluster(
         "cluster",
         ClusterArgs(
@@ -233,7 +344,7 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
             vpc_id=network.vpc_id,
             subnet_ids=task_subnets,
             security_group_ids=groups,
-            services=tuple(_with_outputs(s, database_outputs, secret_arn) for s in config.services),
+            services=tuple(_with_outputs(s, placeholders, secret_arn) for s in config.services),
             assign_public_ip=public_tasks,
             spot=config.spot,
         ),
@@ -241,14 +352,17 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
     )
     outputs: dict[str, pulumi.Output[Any]] = {
         **database_outputs,
+        **cache_outputs,
         "ENVKIT_PIPELINE_ID": pulumi.Output.from_input(config.pipeline_id),
         "ENVKIT_PROVIDER": pulumi.Output.from_input("aws"),
         "NETWORK_ID": network.vpc_id,
         "CLUSTER_NAME": cluster.name,
         **cluster.service_urls,
         # The Terraform-style names CI scripts already use.
-        "database_endpoint": database.endpoint,
-        "database_name": database.name,
+        "database_endpoint": pulumi.Output.concat(
+            database_outputs["DATABASE_HOST"], ":", database_outputs["DATABASE_PORT"]
+        ),
+        "database_name": database_outputs["DATABASE_NAME"],
         "ecs_cluster": cluster.name,
         "vpc_id": network.vpc_id,
         # Expiry and owner in the backend's state, on every backend (DIY ones have no stack
@@ -261,29 +375,43 @@ def build(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
     return outputs
 
 
-def config_from_pulumi(db_password: str | None = None) -> StackConfig:
+def config_from_pulumi(
+    db_password: str | None = None, redis_token: str | None = None
+) -> StackConfig:
     """The StackConfig stored in the current stack's ``envkit:*`` config; the password is
-    ``db_password`` (handed over in-process by envkit) or the secret ``envkit:dbPassword``."""
+    ``db_password`` (handed over in-process by envkit) or the secret ``envkit:dbPassword``, the
+    Redis AUTH token ``redis_token`` or the secret ``envkit:redisToken``."""
     cfg = pulumi.Config(CONFIG_NAMESPACE)
     keys = (
         "pipelineId", "expiresAt", "owner", "region", "role", "baseStack", "vpcCidr", "ciCidr",
         "public", "availabilityZones", "engineVersion", "instanceClass", "allocatedStorage",
-        "spot", "services", "egress",
+        "spot", "services", "egress", "redis", "redisEngine", "redisVersion", "redisNodeType",
+        "redisPersistence", "sharedDatabase", "sharedInstanceClass", "externalDatabase",
     )  # fmt: skip
     values = {key: value for key in keys if (value := cfg.get(key)) is not None}
     password: Any = pulumi.Output.secret(db_password) if db_password else None
     if password is None:
         password = cfg.get_secret(PASSWORD_KEY)
-    if password is None and values.get("role") != ROLE_BASE:
+    shared = json.loads(values.get("sharedDatabase", "false"))
+    if password is None and (values.get("role") != ROLE_BASE or shared):
         # A password generated here would differ on every `pulumi up` and rotate it on RDS.
         raise pulumi.RunError(
             "envkit:dbPassword is not set: run 'pulumi config set --secret envkit:dbPassword' "
             "and type the password (or pipe it on stdin, never as an argument), or let envkit "
             "run the stack ('envkit up --provider aws')."
         )
-    return StackConfig.from_config(values, db_password=password)
+    token: Any = pulumi.Output.secret(redis_token) if redis_token else None
+    if token is None:
+        token = cfg.get_secret(REDIS_TOKEN_KEY)
+    if token is None and json.loads(values.get("redis", "false")):
+        raise pulumi.RunError(
+            "envkit:redisToken is not set: run 'pulumi config set --secret envkit:redisToken' "
+            "and type a token of 16-128 characters (no '@', '\"' or '/'), or let envkit run "
+            "the stack ('envkit up --provider aws')."
+        )
+    return StackConfig.from_config(values, db_password=password, redis_token=token)
 
 
-def main(db_password: str | None = None) -> None:
+def main(db_password: str | None = None, redis_token: str | None = None) -> None:
     """The program as Pulumi runs it: config from the stack, resources, outputs."""
-    build(config_from_pulumi(db_password))
+    build(config_from_pulumi(db_password, redis_token))

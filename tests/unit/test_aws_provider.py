@@ -3,6 +3,7 @@ stale-lock and pending-operation recovery, error mapping, and the missing-CLI pr
 
 from __future__ import annotations
 
+import json
 import stat
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -121,6 +122,8 @@ class FakeStack:
         self._step("up")
         self.inputs.append(dict(inputs or {}))
         outputs = {**OUTPUTS, "DATABASE_PASSWORD": (inputs or {}).get("db_password", "pw")}
+        if (inputs or {}).get("redis_token"):  # what the Cache component exports
+            outputs["REDIS_URL"] = f"rediss://:{inputs['redis_token']}@redis.example:6379"
         self.state = {**self.state, "outputs": outputs}
         return outputs
 
@@ -542,3 +545,188 @@ def test_secrets_provider_passphrase_and_generated_passphrase(tmp_path: Path) ->
     shared = Settings.resolve({"home": home, "pulumi_backend": "s3://bucket"}, env={})
     with pytest.raises(PrerequisiteError, match="ENVKIT_PULUMI_PASSPHRASE"):
         secrets_config(shared, {})
+
+
+# -- Redis (issue 19) ---------------------------------------------------------------------------
+def redis_request(pipeline_id: str = "pr-42", **spec: Any) -> ProvisionRequest:
+    from envkit.spec_model import RedisSpec
+
+    req, _ = request(pipeline_id)
+    req.redis = RedisSpec(**spec)
+    return req
+
+
+def test_redis_reaches_the_stack_and_its_token_goes_in_process_and_is_kept(
+    tmp_path: Path,
+) -> None:
+    backend = Backend()
+    first = FakeAutomation(backend=backend)
+    req = redis_request(version="8", persistence=True)
+    settings = Settings.resolve({"home": tmp_path / "home"}, env={}, cwd=tmp_path)
+    valkey = AwsProvider(settings, automation=first, sweeper=FakeSweeper(),
+                         env={"AWS_REGION": "eu-west-1", "ENVKIT_AWS_REDIS_ENGINE": "valkey"})
+    outputs = valkey.provision(req)
+    stack = first.stacks["pr-42"]
+    token = stack.inputs[0]["redis_token"]
+    assert len(token) >= 32 and outputs["REDIS_URL"].startswith(f"rediss://:{token}@")
+    config = {k: v for k, (v, _) in stack.config.items()}
+    assert config["envkit:redis"] == "true" and config["envkit:redisEngine"] == "valkey"
+    assert config["envkit:redisVersion"] == "8" and config["envkit:redisPersistence"] == "true"
+    assert all(token not in value for value in config.values())
+    assert req.record.resources["redis_group"] == "envkit-pr-42-redis"
+    # A second runner reads the token back from the state: no new AUTH token per up.
+    second = FakeAutomation(backend=backend)
+    provider(tmp_path / "b", second).provision(redis_request())
+    assert second.stacks["pr-42"].inputs[0]["redis_token"] == token
+
+
+def test_without_redis_no_token_and_no_cache_probe(tmp_path: Path) -> None:
+    from envkit.providers.aws.probes import ElastiCacheProbe
+
+    automation = FakeAutomation()
+    aws = provider(tmp_path, automation)
+    req, _ = request()
+    req.record.outputs = aws.provision(req)
+    assert "redis_token" not in automation.stacks["pr-42"].inputs[0]
+    assert automation.stacks["pr-42"].config["envkit:redis"] == ("false", False)
+    assert not any(isinstance(p, ElastiCacheProbe) for p in aws.probes(req.record))
+    with_redis = redis_request("pr-43")
+    with_redis.record.outputs = aws.provision(with_redis)
+    (cache,) = [p for p in aws.probes(with_redis.record) if isinstance(p, ElastiCacheProbe)]
+    assert cache.replication_group_id == "envkit-pr-43-redis" and cache.component == "redis"
+
+
+def test_a_bad_redis_engine_is_a_config_error(tmp_path: Path) -> None:
+    settings = Settings.resolve({"home": tmp_path / "home"}, env={}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match="ENVKIT_AWS_REDIS_ENGINE must be one of redis, valkey"):
+        AwsProvider(settings, automation=FakeAutomation(), sweeper=FakeSweeper(),
+                    env={"ENVKIT_AWS_REDIS_ENGINE": "memcached"})  # fmt: skip
+
+
+# -- the shared RDS instance (issue 17) ---------------------------------------------------------
+BASE_PASSWORD = "base-Master_pw-0123456789"
+BASE = {
+    "vpc_id": "vpc-base",
+    "shared_database_identifier": "envkit-base-db",
+    "shared_database_address": "envkit-base-db.x.eu-west-1.rds.amazonaws.com",
+    "shared_database_port": 5432.0,  # numbers come back from the state as floats
+    "shared_database_user": "envkit",
+    "shared_database_password": BASE_PASSWORD,
+}
+
+
+class FakeSharedServer:
+    """Stands in for envkit.shared_server (the other half of issue 17, not on this branch)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def create_database(self, admin_dsn: str, pipeline_id: str, **kwargs: Any) -> dict[str, str]:
+        self.calls.append(("create", (admin_dsn, pipeline_id, kwargs)))
+        name = f"envkit_{pipeline_id.replace('-', '_')}"
+        return {
+            "DATABASE_URL": f"postgresql://{name}:db-Pw_1@{BASE['shared_database_address']}"
+            f":5432/{name}?sslmode=require",
+            "DATABASE_HOST": str(BASE["shared_database_address"]),
+            "DATABASE_PORT": "5432",
+            "DATABASE_NAME": name,
+            "DATABASE_USER": name,
+            "DATABASE_PASSWORD": "db-Pw_1",
+        }
+
+    def drop_database(self, admin_dsn: str, pipeline_id: str) -> bool:
+        self.calls.append(("drop", (admin_dsn, pipeline_id)))
+        return True
+
+
+@pytest.fixture
+def shared_server(monkeypatch: pytest.MonkeyPatch) -> FakeSharedServer:
+    import sys
+    import types
+
+    fake = FakeSharedServer()
+    module = types.ModuleType("envkit.shared_server")
+    module.create_database = fake.create_database  # type: ignore[attr-defined]
+    module.drop_database = fake.drop_database  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "envkit.shared_server", module)
+    return fake
+
+
+def shared_provider(tmp_path: Path, automation: FakeAutomation, base: str | None = "base") -> Any:
+    explicit: dict[str, Any] = {"home": tmp_path / "home"}
+    if base:
+        explicit["pulumi_base_stack"] = base
+    settings = Settings.resolve(explicit, env={}, cwd=tmp_path)
+    return AwsProvider(settings, automation=automation, sweeper=FakeSweeper(), retry_delay=0,
+                       env={"AWS_REGION": "eu-west-1", "ENVKIT_AWS_SHARED_DATABASE": "1"})
+
+
+def test_on_the_shared_instance_the_database_is_made_by_the_placement_not_by_rds(
+    tmp_path: Path, shared_server: FakeSharedServer
+) -> None:
+    automation = FakeAutomation()
+    automation.create_or_select("base").state["outputs"] = BASE
+    req, steps = request()
+    outputs = shared_provider(tmp_path, automation).provision(req)
+    (kind, (admin_dsn, pipeline_id, kwargs)), = shared_server.calls
+    assert kind == "create" and pipeline_id == "pr-42"
+    assert admin_dsn == (
+        f"postgresql://envkit:{BASE_PASSWORD}@envkit-base-db.x.eu-west-1.rds.amazonaws.com:5432"
+        "/postgres?sslmode=require"
+    )
+    assert kwargs["owner"] == "ci#7 runner" and kwargs["expires_at"] == "2030-01-01T04:00:00Z"
+    assert "database on the shared instance" in steps
+    assert "shared_database" in req.timings
+    # The placement's outputs are the environment's; the stack gets them without the password.
+    assert outputs["DATABASE_NAME"] == "envkit_pr_42" and outputs["DATABASE_PASSWORD"] == "db-Pw_1"
+    assert outputs["DATABASE_URL"].endswith("?sslmode=require")
+    stack = automation.stacks["pr-42"]
+    assert stack.inputs[0]["db_password"] == "db-Pw_1"
+    config = {k: v for k, (v, _) in stack.config.items()}
+    assert json.loads(config["envkit:externalDatabase"]) == {
+        "host": BASE["shared_database_address"], "port": "5432", "name": "envkit_pr_42",
+        "user": "envkit_pr_42",
+    }  # fmt: skip
+    assert config["envkit:sharedDatabase"] == "true"
+    # The record names the base stack and the shared instance, never the admin DSN.
+    resources = req.record.resources
+    assert resources["shared_base"] == "base" and resources["rds_identifier"] == "envkit-base-db"
+    assert BASE_PASSWORD not in json.dumps(req.record.to_json())
+    assert all(BASE_PASSWORD not in v and "db-Pw_1" not in v for v in config.values())
+
+
+def test_down_drops_the_database_on_the_shared_instance_then_destroys_the_stack(
+    tmp_path: Path, shared_server: FakeSharedServer
+) -> None:
+    automation = FakeAutomation()
+    automation.create_or_select("base").state["outputs"] = BASE
+    aws = shared_provider(tmp_path, automation)
+    req, _ = request()
+    aws.provision(req)
+    shared_server.calls.clear()
+    aws.destroy("pr-42", req.record)
+    (kind, (admin_dsn, pipeline_id)), = shared_server.calls
+    assert kind == "drop" and pipeline_id == "pr-42" and BASE_PASSWORD in admin_dsn
+    assert automation.stacks["pr-42"].calls[-1] == "destroy"
+    assert automation.removed == ["pr-42"]
+    # With no record at all, the setting says where the database is.
+    shared_server.calls.clear()
+    aws.destroy("pr-42", None)
+    assert [c[0] for c in shared_server.calls] == ["drop"]
+
+
+def test_shared_mode_refuses_without_a_base_stack_or_a_shared_instance_before_recording(
+    tmp_path: Path, shared_server: FakeSharedServer
+) -> None:
+    req, _ = request()
+    with pytest.raises(ConfigError, match="ENVKIT_PULUMI_BASE_STACK") as caught:
+        shared_provider(tmp_path, FakeAutomation(), base=None).provision(req)
+    assert caught.value.exit_code == 2
+    automation = FakeAutomation()
+    automation.create_or_select("base").state["outputs"] = {"vpc_id": "vpc-base"}
+    with pytest.raises(ConfigError, match="holds no shared database"):
+        shared_provider(tmp_path, automation).provision(req)
+    missing = FakeAutomation(exists=False)
+    with pytest.raises(ConfigError, match="base stack 'base' does not exist"):
+        shared_provider(tmp_path, missing).provision(req)
+    assert req.record.resources == {} and shared_server.calls == []

@@ -71,6 +71,9 @@ class Recorder(pulumi.runtime.Mocks):
         if args.typ == "aws:rds/instance:Instance":
             address = f"{args.inputs['identifier']}.abc123.us-east-1.rds.amazonaws.com"
             state.update(address=address, port=5432, endpoint=f"{address}:5432")
+        if args.typ == "aws:elasticache/replicationGroup:ReplicationGroup":
+            rg = args.inputs["replicationGroupId"]
+            state.update(primaryEndpointAddress=f"master.{rg}.abc123.use1.cache.amazonaws.com")
         if args.typ == "aws:secretsmanager/secret:Secret":
             state["arn"] = f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{args.name}-AbC"
         state.setdefault("arn", f"arn:aws:mock:us-east-1:123456789012:{args.typ}/{args.name}")
@@ -369,7 +372,7 @@ def test_a_password_embedded_in_other_text_is_refused() -> None:
     from envkit._stacks.config import ServiceArgs
 
     api = ServiceArgs("api", "nginx", 80, env={"DSN": "db={DATABASE_URL}"})
-    with pytest.raises(ValueError, match="embeds the database password"):
+    with pytest.raises(ValueError, match="embeds a password"):
         program._with_outputs(api, {}, pulumi.Output.from_input("arn:x"))
 
 
@@ -469,5 +472,181 @@ def test_pulumi_up_without_a_password_in_config_refuses_to_generate_one() -> Non
         with pytest.raises(pulumi.RunError, match="envkit:dbPassword is not set"):
             program.config_from_pulumi()
         assert program.config_from_pulumi("given-Secret_1").db_password is not None
+    finally:
+        pulumi.runtime.set_all_config({})
+
+
+# -- Redis (ElastiCache) ------------------------------------------------------------------------
+def _secret_input(value: Any) -> Any:
+    """The value of an input the mock monitor received as a secret (asserting it was one)."""
+    assert isinstance(value, dict) and "value" in value, f"not a secret: {value!r}"
+    return value["value"]
+
+
+def test_redis_is_one_tagged_encrypted_replication_group_in_the_private_subnets() -> None:
+    mocks, values, secret = run(
+        config(redis=True, redis_version="7.1", ci_cidr="203.0.113.7/32", public=True)
+    )
+    (group,) = mocks.of_type("aws:elasticache/replicationGroup:ReplicationGroup")
+    inputs = group.inputs
+    assert inputs["replicationGroupId"] == "envkit-pr-42-redis"
+    assert inputs["engine"] == "redis" and inputs["engineVersion"] == "7.1"
+    assert inputs["nodeType"] == "cache.t4g.micro" and inputs["numCacheClusters"] == 1
+    assert inputs["transitEncryptionEnabled"] is True and inputs["atRestEncryptionEnabled"] is True
+    assert inputs["snapshotRetentionLimit"] == 0  # no persistence: no snapshot at all
+    assert inputs["port"] == 6379 and len(_secret_input(inputs["authToken"])) >= 32
+    (subnets,) = mocks.of_type("aws:elasticache/subnetGroup:SubnetGroup")
+    # Private subnets even in public mode: ElastiCache is never reachable from the internet.
+    assert subnets.inputs["subnetIds"] == ["network-private-0-id", "network-private-1-id"]
+    assert inputs["subnetGroupName"] == subnets.inputs["name"]
+    (cache_sg,) = [g for g in mocks.of_type("aws:ec2/securityGroup:SecurityGroup")
+                   if g.name == "cache-sg"]  # fmt: skip
+    (rule,) = cache_sg.inputs["ingress"]
+    assert (rule["fromPort"], rule["toPort"]) == (6379, 6379)
+    assert sorted(rule["cidrBlocks"]) == ["10.42.0.0/16", "203.0.113.7/32"]
+    assert inputs["securityGroupIds"] == ["cache-sg-id"]
+    for res in (group, subnets, cache_sg):
+        assert res.inputs["tags"][TAG_PIPELINE_ID] == "pr-42", res.typ
+        assert res.inputs["tags"][TAG_EXPIRES_AT] == "2030-01-02T03:04:05Z", res.typ
+    token = _secret_input(inputs["authToken"])
+    host = "master.envkit-pr-42-redis.abc123.use1.cache.amazonaws.com"
+    assert values["REDIS_URL"] == f"rediss://:{token}@{host}:6379"
+    assert values["REDIS_HOST"] == host and values["REDIS_PORT"] == "6379"
+    assert secret["REDIS_URL"] and not secret["REDIS_HOST"] and not secret["REDIS_PORT"]
+
+
+def test_redis_options_token_and_persistence_reach_the_replication_group() -> None:
+    token = pulumi.Output.secret("given-token-0123456789abcdef")
+    mocks, values, secret = run(config(redis=True, redis_engine="valkey", redis_persistence=True,
+                                       redis_node_type="cache.t4g.small", redis_token=token,
+                                       services=()))  # fmt: skip
+    (group,) = mocks.of_type("aws:elasticache/replicationGroup:ReplicationGroup")
+    assert group.inputs["engine"] == "valkey" and "engineVersion" not in group.inputs
+    assert group.inputs["nodeType"] == "cache.t4g.small"
+    assert group.inputs["snapshotRetentionLimit"] == 1
+    assert _secret_input(group.inputs["authToken"]) == "given-token-0123456789abcdef"
+    assert values["REDIS_URL"].startswith("rediss://:given-token-0123456789abcdef@")
+    assert secret["REDIS_URL"]
+
+
+def test_a_bare_major_version_becomes_one_elasticache_accepts() -> None:
+    from envkit._stacks.cache import engine_version
+
+    assert engine_version("redis", "7") == "7.1" and engine_version("valkey", "8") == "8.0"
+    assert engine_version("redis", "6") == "6.x" and engine_version("redis", "7.0") == "7.0"
+    assert engine_version("valkey", None) is None
+    mocks, _, _ = run(config(redis=True, redis_version="7", services=()))
+    (group,) = mocks.of_type("aws:elasticache/replicationGroup:ReplicationGroup")
+    assert group.inputs["engineVersion"] == "7.1"
+
+
+def test_without_redis_there_is_no_cache_and_no_redis_output() -> None:
+    mocks, values, _ = run(config(services=()))
+    assert not any(r.typ.startswith("aws:elasticache") for r in mocks.resources)
+    assert not any(k.startswith("REDIS_") for k in values)
+
+
+def test_a_service_asking_for_the_redis_url_gets_a_secret_reference() -> None:
+    from envkit._stacks.config import ServiceArgs
+
+    api = ServiceArgs("api", "nginx", 80, env={"CACHE": "{REDIS_URL}", "CH": "{REDIS_HOST}"})
+    mocks, values, _ = run(config(redis=True, services=(api,)))
+    container = _definition(mocks)
+    env = {e["name"]: e["value"] for e in container["environment"]}
+    assert env["CH"] == values["REDIS_HOST"] and "CACHE" not in env
+    assert values["REDIS_URL"] not in json.dumps(container)
+    (ref,) = [s for s in container["secrets"] if s["name"] == "CACHE"]
+    assert ref["valueFrom"].endswith(":redis_url::")
+    (version,) = mocks.of_type("aws:secretsmanager/secretVersion:SecretVersion")
+    stored = json.loads(_secret_input(version.inputs["secretString"]))
+    assert stored["redis_url"] == values["REDIS_URL"]
+
+
+def test_redis_in_shared_base_mode_uses_the_base_network() -> None:
+    mocks, _, _ = run(config(base_stack="acme/envkit/base", redis=True, services=()))
+    (subnets,) = mocks.of_type("aws:elasticache/subnetGroup:SubnetGroup")
+    assert subnets.inputs["subnetIds"] == ["subnet-a", "subnet-b"]
+    (group,) = mocks.of_type("aws:ec2/securityGroup:SecurityGroup")
+    assert group.inputs["vpcId"] == "vpc-base"
+    assert group.inputs["ingress"][0]["cidrBlocks"] == ["10.42.0.0/16"]
+
+
+def test_redis_config_round_trips_and_pulumi_up_without_a_token_refuses() -> None:
+    from envkit._stacks import program
+    from envkit._stacks.config import StackConfig
+
+    cfg = config(redis=True, redis_engine="valkey", redis_version="8.0", services=())
+    plain = {k.removeprefix("envkit:"): v for k, v in cfg.to_config().items()}
+    back = StackConfig.from_config(plain)
+    assert (back.redis, back.redis_engine, back.redis_version) == (True, "valkey", "8.0")
+    pulumi.runtime.set_mocks(Recorder(), project="envkit", stack="pr-42", preview=False)
+    pulumi.runtime.set_all_config({f"envkit:{k}": v for k, v in plain.items()})
+    try:
+        with pytest.raises(pulumi.RunError, match="envkit:redisToken is not set"):
+            program.config_from_pulumi("db-Secret_1")
+        assert program.config_from_pulumi("db-Secret_1", "tok" * 6).redis_token is not None
+    finally:
+        pulumi.runtime.set_all_config({})
+
+
+# -- the shared RDS instance (issue 17) ---------------------------------------------------------
+def test_the_base_stack_can_hold_one_shared_rds_instance_with_a_secret_password() -> None:
+    password = pulumi.Output.secret("base-Secret_1")
+    mocks, values, secret = run(config("base", role="base", services=(), shared_database=True,
+                                       shared_instance_class="db.t4g.medium",
+                                       db_password=password))  # fmt: skip
+    (instance,) = mocks.of_type("aws:rds/instance:Instance")
+    assert instance.inputs["identifier"] == "envkit-base-db"
+    assert instance.inputs["instanceClass"] == "db.t4g.medium"
+    assert instance.inputs["deletionProtection"] is False
+    assert instance.inputs["tags"][TAG_PIPELINE_ID] == "base"
+    assert values["shared_database_identifier"] == "envkit-base-db"
+    assert values["shared_database_address"].startswith("envkit-base-db.")
+    assert values["shared_database_port"] == 5432 and values["shared_database_user"] == "envkit"
+    assert values["shared_database_password"] == "base-Secret_1"
+    assert secret["shared_database_password"] and not secret["shared_database_address"]
+    assert not mocks.of_type("aws:ecs/cluster:Cluster")
+
+
+def test_a_pipeline_on_the_shared_instance_creates_no_rds_instance() -> None:
+    from envkit._stacks.config import ServiceArgs
+
+    api = ServiceArgs("api", "nginx", 80, env={"DB": "{DATABASE_URL}", "H": "{DATABASE_HOST}"})
+    external = {"host": "envkit-base-db.x.rds.amazonaws.com", "port": "5432",
+                "name": "envkit_pr_42", "user": "envkit_pr_42"}  # fmt: skip
+    mocks, values, secret = run(config(base_stack="acme/envkit/base", shared_database=True,
+                                       external_database=external, services=(api,),
+                                       db_password=pulumi.Output.secret("pipe-Secret_1")))
+    assert not mocks.of_type("aws:rds/instance:Instance")
+    assert not mocks.of_type("aws:rds/subnetGroup:SubnetGroup")
+    assert values["DATABASE_URL"] == (
+        "postgresql://envkit_pr_42:pipe-Secret_1@envkit-base-db.x.rds.amazonaws.com:5432/envkit_pr_42"
+    )
+    assert values["DATABASE_HOST"] == external["host"] and values["DATABASE_PORT"] == "5432"
+    assert secret["DATABASE_URL"] and secret["DATABASE_PASSWORD"]
+    assert values["database_endpoint"] == f"{external['host']}:5432"
+    container = _definition(mocks)
+    assert "pipe-Secret_1" not in json.dumps(container)
+    env = {e["name"]: e["value"] for e in container["environment"]}
+    assert env["H"] == external["host"]
+
+
+def test_shared_database_config_round_trips_and_the_base_needs_a_stored_password() -> None:
+    from envkit._stacks import program
+    from envkit._stacks.config import StackConfig
+
+    external = {"host": "h", "port": "5432", "name": "n", "user": "u"}
+    cfg = config(shared_database=True, external_database=external, services=())
+    plain = {k.removeprefix("envkit:"): v for k, v in cfg.to_config().items()}
+    back = StackConfig.from_config(plain)
+    assert back.shared_database and back.external_database == external
+    pulumi.runtime.set_mocks(Recorder(), project="envkit", stack="base", preview=False)
+    pulumi.runtime.set_all_config({"envkit:pipelineId": "base", "envkit:role": "base",
+                                   "envkit:expiresAt": "2030-01-02T03:04:05Z",
+                                   "envkit:sharedDatabase": "true"})  # fmt: skip
+    try:
+        # A password generated per `pulumi up` would rotate the shared instance's master one.
+        with pytest.raises(pulumi.RunError, match="envkit:dbPassword is not set"):
+            program.config_from_pulumi()
     finally:
         pulumi.runtime.set_all_config({})

@@ -375,7 +375,10 @@ class PulumiAutomation:
         # mypy sees stacks/ as `stacks`; installed (and editable) it is envkit._stacks.
         from envkit._stacks import program  # type: ignore[import-not-found]
 
-        program.main(db_password=self._inputs.get("db_password"))
+        program.main(
+            db_password=self._inputs.get("db_password"),
+            redis_token=self._inputs.get("redis_token"),
+        )
 
     def _wrap(self, action: Callable[[], Any]) -> PulumiStack:
         try:

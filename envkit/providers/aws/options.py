@@ -27,7 +27,13 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "instance_class": ("ENVKIT_AWS_INSTANCE_CLASS", "envkit:instanceClass"),
     "spot": ("ENVKIT_AWS_SPOT", "envkit:spot"),
     "vpc_cidr": ("ENVKIT_AWS_VPC_CIDR", "envkit:vpcCidr"),
+    # Read from the environment only (no [tool.envkit] key yet).
+    "redis_engine": ("ENVKIT_AWS_REDIS_ENGINE", "envkit:redisEngine"),
+    "redis_node_type": ("ENVKIT_AWS_REDIS_NODE_TYPE", "envkit:redisNodeType"),
+    "shared_database": ("ENVKIT_AWS_SHARED_DATABASE", "envkit:sharedDatabase"),
+    "shared_instance_class": ("ENVKIT_AWS_SHARED_INSTANCE_CLASS", "envkit:sharedInstanceClass"),
 }
+REDIS_ENGINES = ("redis", "valkey")
 
 
 # option name -> Settings field
@@ -47,6 +53,10 @@ class AwsOptions:
     instance_class: str = "db.t4g.micro"
     spot: bool = False
     vpc_cidr: str = "10.42.0.0/16"
+    redis_engine: str = "redis"
+    redis_node_type: str = "cache.t4g.micro"
+    shared_database: bool = False  # the pipeline's database on the base stack's RDS instance
+    shared_instance_class: str = "db.t4g.small"
     explicit: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod
@@ -67,7 +77,7 @@ class AwsOptions:
 
 
 def _parse(name: str, variable: str, raw: str) -> object:
-    if name in ("public", "spot"):
+    if name in ("public", "spot", "shared_database"):
         if raw.lower() in _TRUE:
             return True
         if raw.lower() in _FALSE:
@@ -79,6 +89,10 @@ def _parse(name: str, variable: str, raw: str) -> object:
                 f"{variable} must be one of {', '.join(EGRESS_MODES)}, not {raw!r}.",
                 hint="See the README's aws section for what each costs per hour.",
             )
+        return raw
+    if name == "redis_engine":
+        if raw not in REDIS_ENGINES:
+            raise ConfigError(f"{variable} must be one of {', '.join(REDIS_ENGINES)}, not {raw!r}.")
         return raw
     if name in ("ci_cidr", "vpc_cidr"):
         try:

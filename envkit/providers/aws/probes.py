@@ -1,4 +1,5 @@
-"""The aws provider's readiness probes (boto3): RDS instance available, ECS services stable.
+"""The aws provider's readiness probes (boto3): RDS instance available, ElastiCache replication
+group available, ECS services stable.
 
 They plug into :func:`envkit.health.wait_until_healthy` like any probe; boto3 is imported
 inside the check, and nothing on the local path imports this module.
@@ -151,6 +152,56 @@ class RdsInstanceProbe:
         PostgresProbe(conninfo, component=self.component, client="psycopg").check()
 
 
+# ElastiCache replication group statuses that cannot turn into "available" by waiting.
+CACHE_FATAL_STATUSES = frozenset({"deleting", "create-failed"})
+
+
+def judge_cache_status(group_id: str, status: str) -> None:
+    """Return when ``status`` is ``available``; raise ``TransientError`` or ``ProbeError``."""
+    if status == "available":
+        return
+    if status in CACHE_FATAL_STATUSES:
+        raise ProbeError(
+            f"ElastiCache replication group {group_id} is {status!r}; it will not become available"
+        )
+    raise TransientError(f"ElastiCache replication group {group_id} is {status!r}")
+
+
+@dataclass
+class ElastiCacheProbe:
+    """aws-elasticache: the Redis replication group is ``available`` and has its primary
+    endpoint (boto3). Polls every few seconds at most (AWS rate limits); ``client`` may be an
+    existing boto3 ElastiCache client, else one is made (``region``, ``AWS_ENDPOINT_URL``)."""
+
+    replication_group_id: str
+    component: str = "redis"
+    name: str = "aws-elasticache"
+    region: str | None = None
+    max_delay: float = 5.0
+    client: Any = field(default=None, repr=False, compare=False)
+
+    def check(self) -> None:
+        """``describe_replication_groups`` for this group."""
+        if self.client is None:
+            self.client = _boto_client("elasticache", self.region)
+        client = self.client
+        what = f"ElastiCache replication group {self.replication_group_id}"
+        answer = _aws_call(
+            what,
+            lambda: client.describe_replication_groups(
+                ReplicationGroupId=self.replication_group_id
+            ),
+            not_found=("ReplicationGroupNotFoundFault",),
+        )
+        groups = answer.get("ReplicationGroups") or []
+        if not groups:
+            raise TransientError(f"{what}: not found (yet)")
+        judge_cache_status(self.replication_group_id, str(groups[0].get("Status", "")))
+        endpoints = [g.get("PrimaryEndpoint") or {} for g in groups[0].get("NodeGroups") or []]
+        if not any(e.get("Address") for e in endpoints):
+            raise TransientError(f"{what} is available but has no primary endpoint yet")
+
+
 # ECS service statuses and rollout states that waiting will not fix.
 _ECS_FATAL_SERVICE_STATUSES = frozenset({"DRAINING", "INACTIVE"})
 _ECS_FATAL_CLUSTER_STATUSES = frozenset({"INACTIVE", "DEPROVISIONING", "FAILED"})
@@ -232,9 +283,12 @@ class EcsServicesProbe:
 
 
 __all__ = [
+    "CACHE_FATAL_STATUSES",
     "RDS_FATAL_STATUSES",
     "EcsServicesProbe",
+    "ElastiCacheProbe",
     "RdsInstanceProbe",
+    "judge_cache_status",
     "judge_ecs",
     "judge_rds_status",
 ]

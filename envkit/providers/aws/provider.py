@@ -9,6 +9,7 @@ locks and pending operations left by a killed run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Set as AbstractSet
 
     from envkit.health import Probe
+    from envkit.providers.aws.shared_instance import SharedInstance
     from envkit.providers.aws.sweep import SweepReport
     from envkit.spec_model import EnvSpec
     from envkit.state import Record
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PASSWORD_CONFIG_KEY = "envkit:dbPassword"  # noqa: S105  (the config key, not a password)
+REDIS_TOKEN_CONFIG_KEY = "envkit:redisToken"  # noqa: S105  (the config key, not a token)
 DESTROY_ATTEMPTS = 3
 RETRY_DELAY = 10.0  # seconds, doubled per attempt; dependency violations clear within minutes
 
@@ -117,14 +120,32 @@ class AwsProvider:
 
         return tuple(ServiceArgs(**args) for args in aws_services(request.spec))
 
+    def _shared_instance(self, error: type[EnvkitError]) -> SharedInstance:
+        """The base stack's shared RDS instance (exit 2 when there is none to use)."""
+        from envkit.providers.aws.shared_instance import read_shared_instance
+
+        base = self.settings.pulumi_base_stack
+        if not base:
+            raise ConfigError(
+                "ENVKIT_AWS_SHARED_DATABASE needs the base stack that holds the shared instance.",
+                hint="Set ENVKIT_PULUMI_BASE_STACK=<org>/envkit/base (see the README's aws "
+                "section), or unset ENVKIT_AWS_SHARED_DATABASE.",
+            )
+        return read_shared_instance(self.automation(), base, self._secrets, error)
+
     def provision(self, request: ProvisionRequest) -> dict[str, str]:
+        from envkit._stacks.cache import cache_name  # type: ignore[import-not-found]
         from envkit._stacks.config import StackConfig
         from envkit.naming import aws_name
+        from envkit.providers.aws.shared_instance import create_on_shared, external_database
 
         pipeline_id = request.pipeline_id
         automation = self.automation()  # CLI + secrets checked: exit 2 before anything exists
         record = request.record
         opts = self.options
+        redis = request.redis
+        # Read before anything is recorded: a missing base stack or instance is a refusal.
+        shared = self._shared_instance(ProvisionError) if opts.shared_database else None
         config = StackConfig(
             pipeline_id=pipeline_id,
             expires_at=record.expires,
@@ -140,14 +161,22 @@ class AwsProvider:
             instance_class=opts.instance_class,
             spot=opts.spot,
             vpc_cidr=opts.vpc_cidr,
+            redis=redis is not None,
+            redis_engine=opts.redis_engine,
+            redis_version=redis.version if redis is not None else None,
+            redis_node_type=opts.redis_node_type,
+            redis_persistence=redis.persistence if redis is not None else False,
+            shared_database=shared is not None,
         )
         resources = AwsResources(
             pipeline_id,
             stack=pipeline_id,
             project=PROJECT,
             region=self.region,
-            rds_identifier=rds_identifier(pipeline_id),
+            rds_identifier=shared.identifier if shared else rds_identifier(pipeline_id),
             ecs_cluster=aws_name(pipeline_id, limit=255),
+            redis_group=cache_name(pipeline_id, "redis") if redis is not None else None,
+            shared_base=shared.base_stack if shared else None,
         )
         resources.save(record)
         request.save()
@@ -156,8 +185,22 @@ class AwsProvider:
         stack = self._call(
             lambda: automation.create_or_select(pipeline_id), ProvisionError, "select"
         )
-        password = self._password(stack)
+        current = self._call(stack.outputs, ProvisionError, "read outputs")
+        database: dict[str, str] = {}
+        if shared is not None:
+            started = time.perf_counter()
+            request.progress("database on the shared instance")
+            database = create_on_shared(shared, request, self.settings)
+            request.timings["shared_database"] = time.perf_counter() - started
+            password = database["DATABASE_PASSWORD"]
+            config = dataclasses.replace(config, external_database=external_database(database))
+        else:
+            password = self._password(stack, current)
         self._secrets.append(password)
+        inputs = {"db_password": password}
+        if redis is not None:
+            inputs["redis_token"] = self._redis_token(stack, current)
+            self._secrets.append(inputs["redis_token"])
         values = self._config_values(stack, config.to_config())
         self._call(lambda: stack.set_config(values), ProvisionError, "configure")
         # The expiry and owner reach the backend on every kind of backend anyway: as resource
@@ -182,7 +225,7 @@ class AwsProvider:
         request.progress("pulumi up")
         outputs = self._call(
             lambda: with_recovery(
-                stack, lambda: stack.up(request.progress, {"db_password": password}), "up"
+                stack, lambda: stack.up(request.progress, inputs), "up"
             ),
             ProvisionError,
             "up",
@@ -191,18 +234,29 @@ class AwsProvider:
         resources.stack_outputs = {k: str(v) for k, v in outputs.items() if not k.isupper()}
         resources.save(record)
         request.save()
-        return {k: str(v) for k, v in outputs.items() if k.isupper()}
+        # On the shared instance, the placement's DATABASE_* are what tests connect with.
+        return {**{k: str(v) for k, v in outputs.items() if k.isupper()}, **database}
 
-    def _password(self, stack: StackHandle) -> str:
+    def _password(self, stack: StackHandle, outputs: Mapping[str, Any]) -> str:
         """The stack's database password, from the backend when the stack has one.
 
         It lives only in the state (the secret output ``DATABASE_PASSWORD``), so a second
         runner sharing the backend finds the same one; a new password would make ``up``
         rotate it on RDS. A ``envkit:dbPassword`` from an older envkit's config still counts.
         """
-        outputs = self._call(stack.outputs, ProvisionError, "read outputs")
         found = outputs.get("DATABASE_PASSWORD") or stack.get_config(PASSWORD_CONFIG_KEY)
         return str(found) if found else secrets.token_urlsafe(24)
+
+    def _redis_token(self, stack: StackHandle, outputs: Mapping[str, Any]) -> str:
+        """The stack's Redis AUTH token, kept like the password: from the secret output
+        ``REDIS_URL`` when the stack has one (a new token would be set on the group at every
+        ``up``), else ``envkit:redisToken``, else a new one."""
+        from urllib.parse import unquote, urlsplit
+
+        url = outputs.get("REDIS_URL")
+        found = unquote(urlsplit(str(url)).password or "") if url else ""
+        found = found or stack.get_config(REDIS_TOKEN_CONFIG_KEY) or ""
+        return found or secrets.token_urlsafe(32)
 
     def _config_values(
         self, stack: StackHandle, wanted: Mapping[str, str]
@@ -232,7 +286,11 @@ class AwsProvider:
             ) from None
 
     def probes(self, record: Record) -> list[Probe]:
-        from envkit.providers.aws.probes import EcsServicesProbe, RdsInstanceProbe
+        from envkit.providers.aws.probes import (
+            EcsServicesProbe,
+            ElastiCacheProbe,
+            RdsInstanceProbe,
+        )
 
         outputs = record.outputs
         if not outputs:
@@ -240,7 +298,7 @@ class AwsProvider:
         resources = AwsResources.load(record)
         # RDS 'available' (boto3), then SELECT 1 when the endpoint is reachable from here (a
         # runner outside the VPC often cannot reach it); ECS cluster ACTIVE, services stable.
-        return [
+        probes: list[Probe] = [
             RdsInstanceProbe(
                 resources.database,
                 region=self.region,
@@ -253,17 +311,28 @@ class AwsProvider:
                 region=self.region,
             ),
         ]
+        if resources.redis_group:
+            probes.append(ElastiCacheProbe(resources.redis_group, region=self.region))
+        return probes
 
     def checks(self) -> list[Check]:
         """The Pulumi CLI, AWS credentials and the state backend (informational)."""
         return doctor_checks(self.settings)
 
     def gone(self, record: Record) -> list[str]:
-        """The RDS instance when it is missing, deleting or failed (one describe call)."""
-        if self._rds_alive(record):
-            return []
-        identifier = AwsResources.load(record).database
-        return [f"database: RDS instance {identifier} is missing, deleting or failed"]
+        """The RDS instance (the shared one on the shared instance) and the ElastiCache
+        replication group when missing, deleting or failed (one describe call each)."""
+        resources = AwsResources.load(record)
+        lost = []
+        from envkit.providers.aws.liveness import cache_alive, rds_alive
+
+        if not rds_alive(resources.database, self.region):
+            lost.append(f"database: RDS instance {resources.database} is missing, deleting or "
+                        "failed")  # fmt: skip
+        if resources.redis_group and not cache_alive(resources.redis_group, self.region):
+            lost.append(f"redis: ElastiCache replication group {resources.redis_group} is "
+                        "missing, deleting or failed")  # fmt: skip
+        return lost
 
     def restart(self, record: Record) -> bool:
         """A lost RDS instance cannot be started on its data again: it must be recreated."""
@@ -278,27 +347,6 @@ class AwsProvider:
                 hint="Look in the log group of its ECS cluster.",
             )
         return {}
-
-    def _rds_alive(self, record: Record) -> bool:
-        import boto3
-        from botocore.config import Config
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        identifier = AwsResources.load(record).database
-        client = boto3.session.Session(region_name=self.region).client(
-            "rds", config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})
-        )
-        try:
-            found = client.describe_db_instances(DBInstanceIdentifier=identifier)["DBInstances"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "DBInstanceNotFound":
-                return False
-            log.warning("cannot check %s (%s); assuming it is alive", identifier, exc)
-            return True
-        except BotoCoreError as exc:
-            log.warning("cannot check %s (%s); assuming it is alive", identifier, exc)
-            return True
-        return bool(found) and found[0].get("DBInstanceStatus") not in ("deleting", "failed")
 
     def leftovers(self, known: AbstractSet[str]) -> list[Leftover]:
         """None by pipeline: cloud leftovers are found by their tags (:meth:`reap_leftovers`)."""
@@ -362,6 +410,9 @@ class AwsProvider:
 
     def destroy(self, pipeline_id: str, record: Record | None) -> None:
         automation = self.automation()
+        base = AwsResources.load(record).shared_base if record is not None else None
+        if base or (record is None and self.options.shared_database):
+            self._drop_shared(pipeline_id)
         try:
             stack: StackHandle | None = automation.select(pipeline_id)
         except StackMissing:
@@ -388,6 +439,15 @@ class AwsProvider:
                 f"Resources tagged with {pipeline_id!r} remain after destroy: {', '.join(left)}",
                 hint="Run 'envkit down' again, or 'envkit reap --provider aws' later.",
             )
+
+    def _drop_shared(self, pipeline_id: str) -> None:
+        """Drop the pipeline's database on the shared instance (before its stack goes)."""
+        from envkit.providers.aws.shared_instance import drop_on_shared
+
+        instance = self._shared_instance(TeardownError)
+        dropped = drop_on_shared(instance, pipeline_id)
+        what = "dropped" if dropped else "found no"
+        log.info("%s the database of %s on the shared instance", what, pipeline_id)
 
     def _destroy_stack(
         self, automation: Automation, stack: StackHandle, *, refreshed: bool = False

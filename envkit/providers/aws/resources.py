@@ -16,7 +16,9 @@ from envkit.naming import aws_name, rds_identifier
 if TYPE_CHECKING:
     from envkit.state import Record
 
-_FIELDS = ("stack", "project", "region", "rds_identifier", "ecs_cluster")
+_FIELDS = (
+    "stack", "project", "region", "rds_identifier", "ecs_cluster", "redis_group", "shared_base",
+)  # fmt: skip
 
 
 def _str(value: object) -> str | None:
@@ -33,6 +35,10 @@ class AwsResources:
     region: str | None = None
     rds_identifier: str | None = None
     ecs_cluster: str | None = None
+    redis_group: str | None = None  # the ElastiCache replication group, when Redis was asked for
+    # The base stack holding the shared RDS instance the pipeline's database is on (a reference:
+    # the admin DSN is read from that stack's secret outputs when needed, never recorded).
+    shared_base: str | None = None
     stack_outputs: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -47,6 +53,8 @@ class AwsResources:
             region=_str(stored.get("region")),
             rds_identifier=_str(stored.get("rds_identifier")),
             ecs_cluster=_str(stored.get("ecs_cluster")),
+            redis_group=_str(stored.get("redis_group")),
+            shared_base=_str(stored.get("shared_base")),
             stack_outputs=(
                 {k: str(v) for k, v in outputs.items() if isinstance(k, str)}
                 if isinstance(outputs, dict)
@@ -65,7 +73,8 @@ class AwsResources:
 
     @property
     def database(self) -> str:
-        """The RDS instance identifier (derived from the pipeline ID when not recorded)."""
+        """The RDS instance identifier (derived from the pipeline ID when not recorded); on the
+        shared instance, that instance's."""
         return self.rds_identifier or rds_identifier(self.pipeline_id)
 
     @property

@@ -23,6 +23,7 @@ from typing import Any
 
 from envkit.errors import TeardownError
 from envkit.naming import TAG_EXPIRES_AT, TAG_PIPELINE_ID, parse_iso
+from envkit.providers.aws import cache_sweep
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ DEADLINE = 45 * 60.0
 _SKIPPED = {
     "ecs:task": "stops when its ECS service is deleted",
     "ec2:network-interface": "released by the service that created it",
+    **cache_sweep.SKIPPED,
 }
 # RDS states in which a delete is refused but waiting helps (it is deleted, or deletable, later).
 _RDS_WAIT_STATES = {"deleting"}
@@ -55,6 +57,7 @@ _RETRYABLE = {
     "ResourceInUseException",
     "DeleteConflict",
     "ResourceInUseFault",
+    *cache_sweep.RETRYABLE,
 }
 _GONE = {
     "InvalidVpcID.NotFound",
@@ -75,6 +78,7 @@ _GONE = {
     "InvalidNatGatewayID.NotFound",
     "InvalidAllocationID.NotFound",
     "InvalidVpcEndpointId.NotFound",
+    *cache_sweep.GONE,
 }
 # Deletion order: dependants first.
 _ORDER = (
@@ -85,6 +89,7 @@ _ORDER = (
     "servicediscovery:namespace",
     "rds:db",
     "rds:subgrp",
+    *cache_sweep.ORDER,
     "secretsmanager:secret",
     "logs:log-group",
     "iam:role",
@@ -482,6 +487,8 @@ _DELETERS: dict[str, Callable[[Any, _Found], None]] = {
     "servicediscovery:namespace": _sd_namespace,
     "rds:db": _rds_db,
     "rds:subgrp": _rds_subnet_group,
+    "elasticache:replicationgroup": lambda s, f: cache_sweep.delete_replication_group(s, f.arn),
+    "elasticache:subnetgroup": lambda s, f: cache_sweep.delete_subnet_group(s, f.arn),
     "secretsmanager:secret": _secret,
     "logs:log-group": _log_group,
     "ec2:vpc-endpoint": _vpc_endpoint,
