@@ -616,7 +616,7 @@ BASE = {
 
 
 class FakeSharedServer:
-    """Stands in for envkit.shared_server (the other half of issue 17, not on this branch)."""
+    """Stands in for envkit.shared_server (it needs a PostgreSQL server; its own tests have one)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
@@ -638,6 +638,9 @@ class FakeSharedServer:
         self.calls.append(("drop", (admin_dsn, pipeline_id)))
         return True
 
+    def set_expiry(self, admin_dsn: str, pipeline_id: str, expires_at: str, *, status: str) -> None:
+        self.calls.append(("expiry", (admin_dsn, pipeline_id, expires_at, status)))
+
 
 @pytest.fixture
 def shared_server(monkeypatch: pytest.MonkeyPatch) -> FakeSharedServer:
@@ -648,6 +651,7 @@ def shared_server(monkeypatch: pytest.MonkeyPatch) -> FakeSharedServer:
     module = types.ModuleType("envkit.shared_server")
     module.create_database = fake.create_database  # type: ignore[attr-defined]
     module.drop_database = fake.drop_database  # type: ignore[attr-defined]
+    module.set_expiry = fake.set_expiry  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "envkit.shared_server", module)
     return fake
 
@@ -713,6 +717,28 @@ def test_down_drops_the_database_on_the_shared_instance_then_destroys_the_stack(
     shared_server.calls.clear()
     aws.destroy("pr-42", None)
     assert [c[0] for c in shared_server.calls] == ["drop"]
+
+
+def test_a_new_expiry_reaches_the_shared_instance_and_nothing_else_calls_it(
+    tmp_path: Path, shared_server: FakeSharedServer
+) -> None:
+    automation = FakeAutomation()
+    automation.create_or_select("base").state["outputs"] = BASE
+    aws = shared_provider(tmp_path, automation)
+    req, _ = request()
+    aws.provision(req)
+    shared_server.calls.clear()
+    req.record.expires_at = "2031-01-01T00:00:00Z"
+    aws.retain(req.record)
+    (kind, (admin_dsn, pipeline_id, expires_at, status)), = shared_server.calls
+    assert (kind, pipeline_id, expires_at) == ("expiry", "pr-42", "2031-01-01T00:00:00Z")
+    assert BASE_PASSWORD in admin_dsn and status == str(req.record.status)
+    shared_server.calls.clear()
+    own, _ = request()  # a dedicated-instance environment: no shared_base, nothing to write
+    AwsProvider(Settings.resolve({"home": tmp_path / "h2"}, env={}, cwd=tmp_path),
+                automation=automation, sweeper=FakeSweeper(), retry_delay=0,
+                env={"AWS_REGION": "eu-west-1"}).retain(own.record)
+    assert shared_server.calls == []
 
 
 def test_shared_mode_refuses_without_a_base_stack_or_a_shared_instance_before_recording(

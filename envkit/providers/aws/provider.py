@@ -440,6 +440,15 @@ class AwsProvider:
                 hint="Run 'envkit down' again, or 'envkit reap --provider aws' later.",
             )
 
+    def retain(self, record: Record) -> None:
+        """A new expiry or status (preserve, extend) of a database on the shared instance goes
+        on the instance too, so ``reap --database-server`` sees it."""
+        if not AwsResources.load(record).shared_base:
+            return
+        from envkit.providers.aws.shared_instance import retain_on_shared
+
+        retain_on_shared(self._shared_instance(ProvisionError), record)
+
     def _drop_shared(self, pipeline_id: str) -> None:
         """Drop the pipeline's database on the shared instance (before its stack goes)."""
         from envkit.providers.aws.shared_instance import drop_on_shared

@@ -11,7 +11,7 @@ which keeps each database's pipeline ID, owner and expiry on the server for its 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from envkit.errors import ConfigError, EnvkitError
@@ -21,6 +21,7 @@ from envkit.redact import scrub
 if TYPE_CHECKING:
     from envkit.providers.base import ProvisionRequest
     from envkit.settings import Settings
+    from envkit.state import Record
 
 # The base stack's outputs (stacks/program.py: build_base).
 OUTPUT_KEYS = {
@@ -97,20 +98,14 @@ def read_shared_instance(
     )
 
 
-def _server() -> Any:
-    """The shared-server placement (imported when used: it loads a PostgreSQL client)."""
-    # The one import of it here; the ignore goes once envkit/shared_server exists on this branch.
-    import envkit.shared_server as server  # type: ignore[import-not-found,unused-ignore]
-
-    return server
-
-
 def create_on_shared(
     instance: SharedInstance, request: ProvisionRequest, settings: Settings
 ) -> dict[str, str]:
     """The pipeline's database and role on the shared instance; its ``DATABASE_*`` outputs."""
+    from envkit.shared_server import create_database  # loads a PostgreSQL client: when used
+
     record = request.record
-    outputs = _server().create_database(
+    return create_database(
         instance.admin_dsn,
         request.pipeline_id,
         owner=record.owner,
@@ -120,12 +115,20 @@ def create_on_shared(
         progress=request.progress,
         timings=request.timings,
     )
-    return {str(k): str(v) for k, v in outputs.items()}
 
 
 def drop_on_shared(instance: SharedInstance, pipeline_id: str) -> bool:
     """Drop the pipeline's database and role (``False``: there was none)."""
-    return bool(_server().drop_database(instance.admin_dsn, pipeline_id))
+    from envkit.shared_server import drop_database
+
+    return drop_database(instance.admin_dsn, pipeline_id)
+
+
+def retain_on_shared(instance: SharedInstance, record: Record) -> None:
+    """Write the record's expiry and status on the instance, where its reap reads them."""
+    from envkit.shared_server import set_expiry
+
+    set_expiry(instance.admin_dsn, record.pipeline_id, record.expires_at, status=str(record.status))
 
 
 def external_database(outputs: dict[str, str]) -> dict[str, str]:
