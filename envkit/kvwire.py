@@ -2,7 +2,9 @@
 
 Standard library only, like :mod:`envkit.wire` for PostgreSQL: the health probe and the cache
 seeding need a handful of commands, not a client library (none is a dependency of envkit).
-A URL is ``redis://[user:password@]host[:port][/db]``; its password never appears in an error.
+A URL is ``redis://[user:password@]host[:port][/db]`` (``rediss://``: TLS, the server's
+certificate verified against the system's CAs, as ElastiCache's in-transit encryption needs); its
+password never appears in an error.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ class KvAddress:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     db: int = 0
+    tls: bool = False
 
     @classmethod
     def from_url(cls, url: str) -> KvAddress:
-        """Parse ``redis://user:password@host:port/db``; ``ValueError`` when it is not one."""
+        """Parse ``redis[s]://user:password@host:port/db``; ``ValueError`` when it is not one."""
         parts = urlsplit(url)
-        if parts.scheme != "redis" or not parts.hostname:
-            raise ValueError("not a redis://host URL")
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError("not a redis://host or rediss://host URL")
         path = parts.path.strip("/")
         return cls(
             host=parts.hostname,
@@ -48,6 +51,7 @@ class KvAddress:
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password is not None else None,
             db=int(path) if path else 0,
+            tls=parts.scheme == "rediss",
         )
 
 
@@ -129,6 +133,14 @@ def connect(address: KvAddress, *, timeout: float = 2.0) -> Iterator[Session]:
     """A session logged in as the address's user (``AUTH``) on its database (``SELECT``)."""
     sock = socket.create_connection((address.host, address.port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if address.tls:
+        import ssl
+
+        try:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=address.host)
+        except BaseException:
+            sock.close()
+            raise
     session = Session(sock)
     try:
         if address.password is not None:

@@ -170,13 +170,18 @@ def judge_cache_status(group_id: str, status: str) -> None:
 @dataclass
 class ElastiCacheProbe:
     """aws-elasticache: the Redis replication group is ``available`` and has its primary
-    endpoint (boto3). Polls every few seconds at most (AWS rate limits); ``client`` may be an
+    endpoint (boto3), then ``AUTH`` + ``PING`` over TLS when ``url`` is given and the endpoint
+    is reachable from here (like :class:`RdsInstanceProbe`: a runner outside the VPC often
+    cannot reach it). Polls every few seconds at most (AWS rate limits); ``client`` may be an
     existing boto3 ElastiCache client, else one is made (``region``, ``AWS_ENDPOINT_URL``)."""
 
     replication_group_id: str
     component: str = "redis"
     name: str = "aws-elasticache"
     region: str | None = None
+    url: str | None = field(default=None, repr=False)  # REDIS_URL: holds the AUTH token
+    require_reachable: bool = False
+    reach_timeout: float = 2.0
     max_delay: float = 5.0
     client: Any = field(default=None, repr=False, compare=False)
 
@@ -198,8 +203,21 @@ class ElastiCacheProbe:
             raise TransientError(f"{what}: not found (yet)")
         judge_cache_status(self.replication_group_id, str(groups[0].get("Status", "")))
         endpoints = [g.get("PrimaryEndpoint") or {} for g in groups[0].get("NodeGroups") or []]
-        if not any(e.get("Address") for e in endpoints):
+        primary = next((e for e in endpoints if e.get("Address")), None)
+        if primary is None:
             raise TransientError(f"{what} is available but has no primary endpoint yet")
+        if self.url is None:
+            return
+        from envkit.health.keyvalue import RedisProbe
+
+        refused = tcp_refusal(str(primary["Address"]), int(primary.get("Port") or 6379),
+                              self.reach_timeout)  # fmt: skip
+        if refused is not None:
+            if self.require_reachable:
+                raise TransientError(f"{what} endpoint not reachable: {refused}")
+            log.info("%s is available; its endpoint is not reachable from here (%s)", what, refused)
+            return
+        RedisProbe(self.url, component=self.component, timeout=self.reach_timeout).check()
 
 
 # ECS service statuses and rollout states that waiting will not fix.

@@ -312,7 +312,11 @@ class AwsProvider:
             ),
         ]
         if resources.redis_group:
-            probes.append(ElastiCacheProbe(resources.redis_group, region=self.region))
+            probes.append(
+                ElastiCacheProbe(
+                    resources.redis_group, region=self.region, url=outputs.get("REDIS_URL")
+                )
+            )
         return probes
 
     def checks(self) -> list[Check]:
