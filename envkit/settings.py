@@ -233,6 +233,10 @@ _TABLE: tuple[_Field, ...] = (
             "instance_class",
             "spot",
             "vpc_cidr",
+            "redis_engine",
+            "redis_node_type",
+            "shared_database",
+            "shared_instance_class",
         )
     ),
 )
@@ -273,6 +277,10 @@ class Settings:
     aws_instance_class: str | None = None
     aws_spot: str | None = None
     aws_vpc_cidr: str | None = None
+    aws_redis_engine: str | None = None
+    aws_redis_node_type: str | None = None
+    aws_shared_database: str | None = None
+    aws_shared_instance_class: str | None = None
     project_file: Path | None = None
     redis: bool = False  # a Redis server with the spec's defaults when the spec has no [redis]
     # The admin DSN of a shared PostgreSQL server (a secret: kept out of repr and output).

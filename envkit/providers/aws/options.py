@@ -27,7 +27,6 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "instance_class": ("ENVKIT_AWS_INSTANCE_CLASS", "envkit:instanceClass"),
     "spot": ("ENVKIT_AWS_SPOT", "envkit:spot"),
     "vpc_cidr": ("ENVKIT_AWS_VPC_CIDR", "envkit:vpcCidr"),
-    # Read from the environment only (no [tool.envkit] key yet).
     "redis_engine": ("ENVKIT_AWS_REDIS_ENGINE", "envkit:redisEngine"),
     "redis_node_type": ("ENVKIT_AWS_REDIS_NODE_TYPE", "envkit:redisNodeType"),
     "shared_database": ("ENVKIT_AWS_SHARED_DATABASE", "envkit:sharedDatabase"),
