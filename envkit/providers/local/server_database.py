@@ -129,11 +129,10 @@ def _note_template(settings: Settings, record: Record, dataset: str) -> None:
 
 def probes(record: Record) -> list[Probe]:
     """The database, reached as its role over the network (psycopg when TLS is required)."""
-    from envkit.shared_server.dsn import TLS_MODES
-
     url = record.outputs.get("DATABASE_URL")
     if not url or not on_server(record):
         return []
+    from envkit.shared_server.dsn import TLS_MODES  # only then: the package is not small
     tls = any(f"sslmode={mode}" in url for mode in TLS_MODES)
     return [PostgresProbe(url, component="database", client="psycopg" if tls else "wire")]
 
