@@ -60,7 +60,7 @@ def main() -> int:
     from envkit.settings import Settings
 
     out: dict[str, list[float]] = {"shared_cli": [], "local_cli": [], "in_process": [],
-                                   "floor": []}
+                                   "floor": [], "cli_start": []}
     with shared_server(bindirs()[args.version]) as server, envkit_home() as env:
         shared_env = dict(env, PGPASSWORD=server.password)
         ref = server.reference
@@ -76,6 +76,7 @@ def main() -> int:
                 "-h", "127.0.0.1", "-p", str(server.port), "-U", ADMIN, "-d", "postgres"]
         for i in range(args.runs):
             wait_for_refills(server)
+            out["cli_start"].append(timed_cli(env, "--version"))  # what every CLI call costs
             out["shared_cli"].append(timed_cli(
                 shared_env, "up", f"s-{i}", "--database-server", ref, "--format", "json"))
             timed_cli(shared_env, "down", f"s-{i}")
@@ -110,11 +111,15 @@ def main() -> int:
          "target ratio <= 2", "anchor_value": med["floor"]},
         {"what": "floor: CREATE ROLE + CREATE DATABASE TEMPLATE (one psql)", "value": med["floor"],
          "unit": "s"},
+        {"what": "envkit --version (interpreter + CLI start, in both CLI ups)",
+         "value": med["cli_start"], "unit": "s"},
     ]
     result = {"machine": platform.node(), "cpus": os.cpu_count(), "runs": args.runs,
               "postgres": args.version, "medians": med, "raw": out, "rows": rows,
               "ratios": {"shared_cli/local_cli": med["shared_cli"] / med["local_cli"],
-                         "in_process/floor": med["in_process"] / med["floor"]}}
+                         "in_process/floor": med["in_process"] / med["floor"],
+                         "above CLI start: shared/local": (med["shared_cli"] - med["cli_start"])
+                         / (med["local_cli"] - med["cli_start"])}}
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     for row in rows:
         print(f"{row['what']:<60} {row['value'] * 1000:8.1f} ms")
