@@ -248,3 +248,18 @@ def _error(body: bytes) -> WireError:
     if fields.get(b"D"):
         message += f" ({fields[b'D']})"
     return WireError(message, fields.get(b"C", ""))
+
+
+def scram_verifier(password: str, iterations: int) -> str:
+    """A SCRAM-SHA-256 verifier for ``password`` with ``iterations`` PBKDF2 rounds, so the plain
+    password never reaches the server (nor its logs): PostgreSQL stores verifiers as given."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = base64.b64encode
+    return (
+        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+        f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
+    )

@@ -172,3 +172,14 @@ def _stop(process: subprocess.Popen[bytes], datadir: Path) -> None:
         while pid is not None and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         return
+
+
+def connects(url: str, dbname: str | None = None) -> bool:
+    """Whether ``url`` (to ``dbname`` instead of its own database, when given) can log in."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, **({"dbname": dbname} if dbname else {}), connect_timeout=5):
+            return True
+    except psycopg.OperationalError:
+        return False

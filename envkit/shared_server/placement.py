@@ -5,10 +5,6 @@ machines never work on one pipeline at once."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -34,9 +30,10 @@ from envkit.shared_server.names import (
 from envkit.shared_server.session import Session, SqlError, connect, park, take
 from envkit.shared_server.templates import ensure_template, iso_utc_now
 from envkit.spec_model import EnvSpec
+from envkit.wire import scram_verifier
 
 MIN_SERVER_VERSION = 130000  # DROP DATABASE … WITH (FORCE)
-SCRAM_ITERATIONS = 4096
+SCRAM_ITERATIONS = 4096  # PostgreSQL's default: a long-lived server others administer
 
 
 def _quiet(step: str) -> None:
@@ -144,7 +141,7 @@ def create_database(
                 mark = Mark("role", pipeline_id, owner, expires_at, catalogue.CREATING,
                             iso_utc_now())
                 db_mark = mark.with_(kind="database")
-                verifier = scram_verifier(password)
+                verifier = scram_verifier(password, SCRAM_ITERATIONS)
                 spare = None
                 if settings.spares > 0:
                     spare = spares.claim(
@@ -297,17 +294,3 @@ def server_reference(admin_dsn: str) -> str:
     from envkit.shared_server.dsn import parse
 
     return parse(admin_dsn).reference()
-
-
-def scram_verifier(password: str, iterations: int = SCRAM_ITERATIONS) -> str:
-    """A SCRAM-SHA-256 verifier: the plain password never reaches the server or its logs."""
-    salt = os.urandom(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    b64 = base64.b64encode
-    return (
-        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
-        f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
-    )

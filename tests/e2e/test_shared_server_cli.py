@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from shared_pg import SharedServer, bindirs, shared_server, wait_for_refills
+from shared_pg import SharedServer, bindirs, connects, shared_server, wait_for_refills
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not bindirs(), reason="needs PostgreSQL")]
 
@@ -42,14 +42,6 @@ def url_of(home: Path, pipeline_id: str) -> str:
                    password=None)
     assert shown.returncode == 0, shown.stderr
     return str(json.loads(shown.stdout)["DATABASE_URL"])
-
-
-def connects(url: str, dbname: str | None = None) -> bool:
-    try:
-        with psycopg.connect(url, **({"dbname": dbname} if dbname else {}), connect_timeout=5):
-            return True
-    except psycopg.OperationalError:
-        return False
 
 
 def databases(server: SharedServer) -> set[str]:

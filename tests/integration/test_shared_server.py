@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from shared_pg import ADMIN, SharedServer, bindirs
+from shared_pg import ADMIN, SharedServer, bindirs, connects
 
 from envkit import shared_server
 from envkit.errors import ConfigError, PrerequisiteError
@@ -45,11 +45,7 @@ def create(server: SharedServer, pipeline_id: str, settings: Settings, *,
 
 
 def refused(url: str, dbname: str | None = None) -> bool:
-    try:
-        with psycopg.connect(url, **({"dbname": dbname} if dbname else {}), connect_timeout=5):
-            return False
-    except psycopg.OperationalError:
-        return True
+    return not connects(url, dbname)
 
 
 def test_seeded_clones_are_isolated_and_owned_by_their_roles(

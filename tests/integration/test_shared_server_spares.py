@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from shared_pg import SharedServer, bindirs, refills, wait_for_refills
+from shared_pg import SharedServer, bindirs, connects, refills, wait_for_refills
 
 from envkit import shared_server
 from envkit.reaping import ReapOptions
@@ -75,14 +75,6 @@ def pool(server: SharedServer) -> dict[str, str]:
 
 def oid_of(server: SharedServer, database: str) -> str:
     return server.psql(f"SELECT oid FROM pg_database WHERE datname = '{database}'")
-
-
-def connects(url: str, dbname: str | None = None) -> bool:
-    try:
-        with psycopg.connect(url, **({"dbname": dbname} if dbname else {}), connect_timeout=5):
-            return True
-    except psycopg.OperationalError:
-        return False
 
 
 def test_up_takes_a_spare_and_the_refill_tops_the_pool_up(

@@ -6,11 +6,12 @@ import base64
 import hashlib
 import hmac
 
-from envkit.providers.local.pgserver import SCRAM_ITERATIONS, scram_verifier
+from envkit.providers.local.pgserver import SCRAM_ITERATIONS
+from envkit.wire import scram_verifier
 
 
 def test_verifier_has_postgresql_format_and_matches_the_password() -> None:
-    verifier = scram_verifier("s3cret-token")
+    verifier = scram_verifier("s3cret-token", SCRAM_ITERATIONS)
     method, rest = verifier.split("$", 1)
     iterations_salt, keys = rest.split("$")
     iterations, salt_b64 = iterations_salt.split(":")
@@ -27,5 +28,5 @@ def test_verifier_has_postgresql_format_and_matches_the_password() -> None:
 
 
 def test_every_verifier_gets_its_own_salt() -> None:
-    assert scram_verifier("same") != scram_verifier("same")
+    assert scram_verifier("same", 128) != scram_verifier("same", 128)
     assert scram_verifier("same", 4096).startswith("SCRAM-SHA-256$4096:")

@@ -138,11 +138,7 @@ class RdsInstanceProbe:
             raise TransientError(f"{what} is available but has no endpoint yet")
         if self.user is None:
             return
-        refused = tcp_refusal(host, port, self.reach_timeout)
-        if refused is not None:
-            if self.require_reachable:
-                raise TransientError(f"{what} endpoint not reachable: {refused}")
-            log.info("%s is available; its endpoint is not reachable from here (%s)", what, refused)
+        if not reachable(what, host, port, self.reach_timeout, required=self.require_reachable):
             return
         dbname = self.dbname or str(instance.get("DBName") or "postgres")
         conninfo = (
@@ -150,6 +146,19 @@ class RdsInstanceProbe:
             f"@{host}:{port}/{quote(dbname, safe='')}"
         )
         PostgresProbe(conninfo, component=self.component, client="psycopg").check()
+
+
+def reachable(what: str, host: str, port: int, timeout: float, *, required: bool) -> bool:
+    """Whether the endpoint of an available ``what`` answers from here; when it does not, a
+    ``TransientError`` if ``required``, else ``False`` (a runner outside the VPC often cannot
+    reach it: the AWS status alone then says it is ready)."""
+    refused = tcp_refusal(host, port, timeout)
+    if refused is None:
+        return True
+    if required:
+        raise TransientError(f"{what} endpoint not reachable: {refused}")
+    log.info("%s is available; its endpoint is not reachable from here (%s)", what, refused)
+    return False
 
 
 # ElastiCache replication group statuses that cannot turn into "available" by waiting.
@@ -210,12 +219,8 @@ class ElastiCacheProbe:
             return
         from envkit.health.keyvalue import RedisProbe
 
-        refused = tcp_refusal(str(primary["Address"]), int(primary.get("Port") or 6379),
-                              self.reach_timeout)  # fmt: skip
-        if refused is not None:
-            if self.require_reachable:
-                raise TransientError(f"{what} endpoint not reachable: {refused}")
-            log.info("%s is available; its endpoint is not reachable from here (%s)", what, refused)
+        host, port = str(primary["Address"]), int(primary.get("Port") or 6379)
+        if not reachable(what, host, port, self.reach_timeout, required=self.require_reachable):
             return
         RedisProbe(self.url, component=self.component, timeout=self.reach_timeout).check()
 

@@ -25,6 +25,7 @@ from envkit.pgbin import PgInstall
 from envkit.processes import cmdline, kill_group, process_alive, process_owner, wait_gone
 from envkit.providers.local.osuser import RunAs
 from envkit.securefs import open_dir, private_dir
+from envkit.wire import scram_verifier
 
 log = logging.getLogger(__name__)
 
@@ -288,27 +289,9 @@ CPU per connection here, 128 ~0.1 ms (PostgreSQL 16 made this tunable, ``scram_i
 for the same reason)."""
 
 
-def scram_verifier(password: str, iterations: int = SCRAM_ITERATIONS) -> str:
-    """A SCRAM-SHA-256 verifier for ``password``, so the plain password never reaches the
-    server (nor its logs): PostgreSQL stores verifiers it is given as they are."""
-    import base64
-    import hmac
-
-    salt = os.urandom(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    b64 = base64.b64encode
-    return (
-        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
-        f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
-    )
-
-
 def configure_app(server: PgServer, *, role: str, database: str, password: str) -> None:
     """Turn the template's placeholder role and database into this server's own."""
-    verifier = scram_verifier(password)
+    verifier = scram_verifier(password, SCRAM_ITERATIONS)
     admin_sql(
         server.admin_conninfo("template1"),
         [
