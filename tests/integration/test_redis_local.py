@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,39 @@ def test_a_seeded_up_warms_the_cache_from_the_dataset_rows(
             assert session.command("GET", f"user:{user_id}:email") == email.encode()
         assert session.command("EXISTS", f"user:{rows[99][0] + 1}:email") == 0
     assert record.timings.get("seed_redis_keys") == 100
+
+
+def test_a_service_gets_redis_url_from_its_placeholder_and_uses_it(
+    settings: Settings, private_data: Path, tmp_path: Path
+) -> None:
+    """A spec's service with ``{REDIS_URL}`` in its env reaches this pipeline's Redis: the
+    service writes a key with envkit's client, the test reads it back."""
+    import sys
+
+    script = tmp_path / "writer.py"
+    script.write_text(
+        "import os, time\n"
+        "from envkit.kvwire import KvAddress, connect\n"
+        "with connect(KvAddress.from_url(os.environ['CACHE'])) as s:\n"
+        "    s.command('SET', 'written-by', os.environ['SERVICE_NAME'])\n"
+        "time.sleep(600)\n"
+    )
+    spec = tmp_path / "envkit.toml"
+    spec.write_text(
+        "[redis]\n"
+        "[services.writer]\n"
+        f"command = [{json.dumps(sys.executable)}, {json.dumps(str(script))}]\n"
+        'env = { CACHE = "{REDIS_URL}", SERVICE_NAME = "{SERVICE_NAME}" }\n'
+    )
+    spec_settings = settings.with_(spec_file=spec)
+    record = lifecycle.up(Plan.build("rd-svc", spec_settings, seed=False))
+    try:
+        deadline = time.monotonic() + 10
+        with connect(address(record)) as session:
+            while session.command("GET", "written-by") is None:
+                assert time.monotonic() < deadline, "the service never wrote its key"
+                time.sleep(0.05)
+            assert session.command("GET", "written-by") == b"writer"
+    finally:
+        lifecycle.down(Plan.build("rd-svc", spec_settings))
+    assert redis_servers(private_data) == []
