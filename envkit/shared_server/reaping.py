@@ -3,7 +3,8 @@ databases and roles are found by name *and* mark; a pipeline is dropped when its
 or when it was left half-created (not ready) longer than the grace period ago and its advisory
 lock is free (no creator alive). Spares are dropped when they are more than the pool's size,
 when their template is gone or newer than they are, or when left half-made (the pool's lock free,
-older than the grace period). Templates and everything unmarked are left alone."""
+older than the grace period). Templates are dropped (with their spares) when their expiry
+passed: ``template_ttl`` after an ``up`` last used them. Everything unmarked is left alone."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from envkit.shared_server import catalogue, spares
 from envkit.shared_server.catalogue import Entry
 from envkit.shared_server.dsn import Dsn, resolve
 from envkit.shared_server.locks import lock_held, try_lock, unlock
-from envkit.shared_server.names import lock_key
+from envkit.shared_server.names import ident, lock_key, pool_name
 from envkit.shared_server.placement import _drop
 from envkit.shared_server.session import Session, SqlError, connect
 from envkit.shared_server.spares import Spare
@@ -27,6 +28,9 @@ SPARE_KIND = "database-server-spare"
 POOL_SIZE = 2  # settings.spares' default
 
 
+TEMPLATE_KIND = "database-server-template"
+
+
 def reap_server(admin_dsn: str, options: ReapOptions, *, pool_size: int = POOL_SIZE) -> ReapReport:
     """Drop the expired and the abandoned pipelines' databases and roles on the server, and the
     spares beyond ``pool_size`` per pool, stale or half-made; with ``options.dry_run`` only say
@@ -35,11 +39,18 @@ def reap_server(admin_dsn: str, options: ReapOptions, *, pool_size: int = POOL_S
     report = ReapReport(dry_run=options.dry_run)
     with connect(dsn, application="envkit reap") as session:
         groups: dict[str, list[Entry]] = defaultdict(list)
+        templates: list[Entry] = []
         for entry in catalogue.entries(session):
-            if entry.mark is not None and entry.mark.kind not in catalogue.NOT_PIPELINES:
+            if entry.mark is None:
+                continue
+            if entry.mark.kind not in catalogue.NOT_PIPELINES:
                 groups[entry.mark.pipeline_id].append(entry)
+            elif entry.mark.kind == "template" and entry.object == "database":
+                templates.append(entry)
         for pipeline_id, found in sorted(groups.items()):
             _reap_one(session, dsn, pipeline_id, found, options, report)
+        for template in sorted(templates, key=lambda e: e.name):
+            _reap_template(session, dsn, template, options, report)
         _reap_spares(session, dsn, options, report, pool_size)
     return report
 
@@ -105,6 +116,55 @@ def _reap_spare(
             spares.drop(session, spare)
         finally:
             unlock(session, key)
+        report.add("reaped", entry)
+    except SqlError as exc:
+        report.add("errors", {**entry, "error": str(exc)})
+
+
+def _reap_template(
+    session: Session, dsn: Dsn, template: Entry, options: ReapOptions, report: ReapReport
+) -> None:
+    """Drop a template past its expiry (unused for ``template_ttl``) and its role; its spares
+    follow (their template is gone). Never while it is being built or its pool refilled."""
+    assert template.mark is not None
+    expires = _when(template.mark.expires_at)
+    grace = options.older_than or timedelta(0)
+    if expires is None or options.now - expires < grace:
+        return
+    entry: dict[str, object] = {
+        "resource": template.name,
+        "kind": TEMPLATE_KIND,
+        "server": dsn.reference(),
+        "resources": [f"database {template.name}", f"role {template.name}"],
+        "reason": f"unused since its expiry {template.mark.expires_at}",
+    }
+    build, pool = lock_key("template", template.name), spares.pool_lock(pool_name(template.name))
+    if options.dry_run:
+        busy = lock_held(session, build) or lock_held(session, pool)
+        report.add("kept" if busy else "reaped", entry)
+        return
+    try:
+        if not try_lock(session, build):
+            report.add("kept", {**entry, "reason": "being built or used"})
+            return
+        try:
+            if not try_lock(session, pool):
+                report.add("kept", {**entry, "reason": "its spares are being made"})
+                return
+            try:
+                again = catalogue.find(session, "database", template.name)
+                fresh = _when(again.mark.expires_at) if again and again.mark else None
+                if fresh is None or options.now - fresh < grace:  # an up renewed it meanwhile
+                    report.add("kept", {**entry, "reason": "in use again"})
+                    return
+                name = ident(template.name)
+                session.query(f"ALTER DATABASE {name} WITH IS_TEMPLATE false")
+                session.query(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                session.query(f"DROP ROLE IF EXISTS {name}")
+            finally:
+                unlock(session, pool)
+        finally:
+            unlock(session, build)
         report.add("reaped", entry)
     except SqlError as exc:
         report.add("errors", {**entry, "error": str(exc)})

@@ -7,16 +7,23 @@ role (same name), so that each clone can hand them to its pipeline's role with `
 — the pipeline's role owns its tables, as with a dedicated server. The template is marked
 ``datistemplate`` and ``datallowconn = false``: nobody can connect to it and change what every
 later clone gets.
+
+A template's mark carries an expiry: ``template_ttl`` (ENVKIT_TEMPLATE_TTL, 7 days) after it was
+last used, pushed forward by an ``up`` that finds it more than a day old (one write a day, not
+one per ``up``). ``reap --database-server`` drops templates past it, as the local provider drops
+templates unused that long.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from envkit.errors import ProvisionError
-from envkit.naming import iso_utc
+from envkit.naming import iso_utc, parse_iso
 from envkit.redact import scrub
 from envkit.seeding import datasets
 from envkit.seeding.pipeline import scale_of
@@ -26,7 +33,9 @@ from envkit.shared_server import catalogue
 from envkit.shared_server.catalogue import Mark
 from envkit.shared_server.dsn import Dsn
 from envkit.shared_server.names import ident, lock_key, template_name
-from envkit.shared_server.session import Session, connect
+from envkit.shared_server.session import Session, SqlError, connect
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,10 @@ class Template:
     name: str
     key: str
     stats: dict[str, float]
+    mark: Mark | None = None
+
+
+KEEP_STEP = timedelta(days=1)  # how stale a template's expiry may get before an up pushes it
 
 
 def ensure_template(
@@ -53,6 +66,7 @@ def ensure_template(
     name = template_name(key)
     found = _ready(session, name, key)
     if found is not None:
+        _keep(session, found, settings)
         return found
     lock = lock_key("template", name)
     session.query(f"SELECT pg_advisory_lock({lock})")
@@ -76,7 +90,28 @@ def _ready(session: Session, name: str, key: str) -> Template | None:
         stats = {k: float(v) for k, v in json.loads(entry.mark.extra or "{}").items()}
     except (ValueError, TypeError, AttributeError):
         stats = {}
-    return Template(name, key, stats)
+    return Template(name, key, stats, entry.mark)
+
+
+def _keep(session: Session, template: Template, settings: Settings) -> None:
+    """Push the template's expiry to ``template_ttl`` from now when it is a day stale."""
+    from envkit.state import utcnow
+
+    mark = template.mark
+    if mark is None:
+        return
+    now = utcnow()
+    try:
+        expires = parse_iso(mark.expires_at) if mark.expires_at else None
+    except ValueError:
+        expires = None
+    if expires is not None and expires - now >= settings.template_ttl - KEEP_STEP:
+        return
+    renewed = mark.with_(expires_at=iso_utc(now + settings.template_ttl))
+    try:  # best effort: another up renewing it at the same moment is as good
+        session.query(catalogue.mark_sql("database", template.name, renewed))
+    except SqlError as exc:
+        log.info("could not renew the expiry of template %s: %s", template.name, exc)
 
 
 def _build(
@@ -89,7 +124,10 @@ def _build(
     scale: float,
 ) -> Template:
     quoted = ident(name)
-    mark = Mark("template", "", settings.owner, "", catalogue.CREATING, iso_utc_now(), key)
+    from envkit.state import utcnow
+
+    expires = iso_utc(utcnow() + settings.template_ttl)
+    mark = Mark("template", "", settings.owner, expires, catalogue.CREATING, iso_utc_now(), key)
     existing = catalogue.find(session, "database", name)
     if existing is not None:
         if existing.mark is None or existing.mark.kind != "template":
@@ -128,7 +166,7 @@ def _build(
     done = mark.with_(status=catalogue.READY, extra=json.dumps(stats, sort_keys=True))
     session.query(f"ALTER DATABASE {quoted} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false")
     session.query(catalogue.mark_sql("database", name, done))
-    return Template(name, key, {k: float(v) for k, v in stats.items()})
+    return Template(name, key, {k: float(v) for k, v in stats.items()}, done)
 
 
 def iso_utc_now() -> str:

@@ -175,3 +175,52 @@ def test_destroy_without_a_record_never_drops_on_the_server(
     provider.destroy("same-id", None)
     assert not refused(outputs["DATABASE_URL"])
     assert shared_server.drop_database(server.dsn, "same-id") is True
+
+
+def test_a_template_is_renewed_by_use_and_reaped_with_its_spares_once_unused(
+    server: SharedServer, settings: Settings
+) -> None:
+    """Templates carry an expiry (template_ttl after an up last used them): an up renews a
+    stale one, and the server's reap drops an expired one (database, role, spares) and leaves
+    the pipelines cloned from it alone. Runs last: later builds make the template again."""
+    import json
+
+    from shared_pg import wait_for_refills
+
+    def mark(name: str) -> dict[str, str]:
+        found = server.psql(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+            f"WHERE datname = '{name}'"
+        )
+        return dict(json.loads(found)) if found else {}
+
+    def expire(name: str) -> None:
+        stale = json.dumps({**mark(name), "expires_at": PAST}, sort_keys=True)
+        server.psql(f"COMMENT ON DATABASE \"{name}\" IS '{stale}'")
+
+    a = create(server, "tpl-a", settings)
+    template = server.psql("SELECT datname FROM pg_database WHERE datname LIKE 'envkit-ds%'")
+    assert template and mark(template)["expires_at"] > utcnow().isoformat()[:19]  # ahead
+    expire(template)
+    create(server, "tpl-b", settings)  # an up renews the stale template
+    assert mark(template)["expires_at"] > utcnow().isoformat()[:19]
+    wait_for_refills(server)
+    expire(template)
+    dry = shared_server.reap_server(server.dsn, ReapOptions(now=utcnow(), dry_run=True))
+    assert [e["resource"] for e in dry.reaped if e["kind"] == "database-server-template"] == [
+        template
+    ]
+    assert mark(template)  # a dry run drops nothing
+
+    report = shared_server.reap_server(server.dsn, ReapOptions(now=utcnow()))
+    assert [e["resource"] for e in report.reaped if e["kind"] == "database-server-template"] == [
+        template
+    ]
+    assert not mark(template)
+    assert template not in server.psql("SELECT rolname FROM pg_roles").split()
+    pool = template.removeprefix("envkit-")
+    names = server.psql("SELECT string_agg(datname, ' ') FROM pg_database")
+    assert f"envkit-sp-{pool}" not in names
+    assert connects(a["DATABASE_URL"])  # pipelines cloned from it keep their data
+    for pipeline_id in ("tpl-a", "tpl-b"):
+        shared_server.drop_database(server.dsn, pipeline_id)
