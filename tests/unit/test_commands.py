@@ -17,7 +17,7 @@ import pytest
 
 from envkit import commands, lifecycle
 from envkit.plan import Plan
-from envkit.processes import process_alive
+from envkit.processes import cmdline, process_alive
 from envkit.settings import Settings
 from envkit.state import Record, StateStore, Status
 
@@ -40,6 +40,13 @@ def marked(procs: list[subprocess.Popen[bytes]], marker: str) -> subprocess.Pope
     proc = subprocess.Popen(["sh", "-c", "sleep 30 & wait"], env=env, start_new_session=True)
     procs.append(proc)
     return proc
+
+
+def settled(marker: str) -> bool:
+    """Both marked processes are there and the child has become ``sleep``: while it is still
+    exec'ing, its /proc environ can be unreadable for a moment, and a scan would miss it."""
+    pids = commands.carriers(marker)
+    return len(pids) == 2 and any(cmdline(pid)[:1] == ["sleep"] for pid in pids)
 
 
 def dead_owner() -> tuple[str, dict[str, int]]:
@@ -78,7 +85,7 @@ def test_a_dead_runs_command_and_its_children_are_stopped_and_forgotten(
     assert commands.owner_gone(owner)
     shell = marked(spawned, marker)
     other = marked(spawned, "someone-elses-marker")
-    assert wait_for(lambda: len(commands.carriers(marker)) == 2)  # sh and its sleep
+    assert wait_for(lambda: settled(marker))  # sh and its sleep
     found = commands.carriers(marker)
     assert shell.pid in found
     resources = {commands.RESOURCE: {marker: owner}}
@@ -88,7 +95,7 @@ def test_a_dead_runs_command_and_its_children_are_stopped_and_forgotten(
     assert wait_for(lambda: not any(process_alive(p, {}) for p in found if p != shell.pid))
     assert shell.wait(timeout=5) != 0
     assert other.poll() is None  # not its marker: untouched
-    assert len(commands.carriers("someone-elses-marker")) == 2
+    assert wait_for(lambda: settled("someone-elses-marker"))
 
 
 def test_a_live_owner_or_no_run_leaves_everything_alone(
@@ -98,7 +105,7 @@ def test_a_live_owner_or_no_run_leaves_everything_alone(
     assert new is not None
     marker, owner = new
     shell = marked(spawned, marker)
-    assert wait_for(lambda: len(commands.carriers(marker)) == 2)
+    assert wait_for(lambda: settled(marker))
     resources: dict[str, object] = {commands.RESOURCE: {marker: owner}}
     assert commands.stop_orphaned_command("p1", resources) == []
     assert resources == {commands.RESOURCE: {marker: owner}}
@@ -142,7 +149,7 @@ def test_runs_are_recorded_apart_and_a_retry_stops_what_a_killed_run_left(
     killed, killed_owner = dead_owner()
     left = marked(spawned, killed)
     lifecycle.note_run(ctx, killed, killed_owner)  # as the killed run did
-    assert wait_for(lambda: len(commands.carriers(killed)) == 2)
+    assert wait_for(lambda: settled(killed))
     live, live_owner = commands.new_run() or ("", {})
     lifecycle.note_run(ctx, live, live_owner)  # the retry: the killed run's leftovers go
     assert left.wait(timeout=10) != 0
