@@ -365,12 +365,22 @@ def down(ctx: Plan, *, preserve: bool = False, ttl: timedelta | None = None) -> 
             return record
         provider = get_provider(record.provider if record else ctx.settings.provider, ctx.settings)
         started = time.perf_counter()
+        before = (record.status, record.owner_pid) if record is not None else None
         if record is not None:
             record.status = Status.DESTROYING
             record.owner_pid = os.getpid()
             store.save(record)
             store.event(pipeline_id, "destroying")
-        _destroy(provider, pipeline_id, record)
+        try:
+            _destroy(provider, pipeline_id, record)
+        except (ConfigError, PrerequisiteError):
+            # A refusal (exit 2: a credential or setting missing) comes before the provider
+            # removes anything: the environment is as it was, so is its record.
+            if record is not None and before is not None:
+                record.status, record.owner_pid = before
+                store.save(record)
+                store.event(pipeline_id, "destroy-refused")
+            raise
         store.delete(pipeline_id)
         if record is not None:
             store.event(pipeline_id, "absent", seconds=round(time.perf_counter() - started, 4))

@@ -51,3 +51,31 @@ def test_redis_runs_locally_beside_a_database_on_a_shared_server(
     assert left == []
     names = server.psql("SELECT string_agg(datname, ',') FROM pg_database")
     assert record.outputs["DATABASE_NAME"] not in names.split(",")
+
+
+def test_down_without_the_admin_password_is_refused_and_changes_nothing(
+    server: SharedServer, private_data: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record keeps only the server's password-less reference: a ``down`` that cannot find
+    the admin password again exits 2 before stopping anything (Redis keeps running, the record
+    stays ready), and succeeds once the password is given."""
+    from envkit.errors import PrerequisiteError
+
+    monkeypatch.setenv("PGPASSWORD", server.password)
+    mixed = settings.with_(redis=True, database_server=server.reference)
+    record = lifecycle.up(Plan.build("mix-b", mixed, seed=False))
+    monkeypatch.delenv("PGPASSWORD")
+    monkeypatch.setenv("PGPASSFILE", str(private_data / "no-such-pgpass"))
+    with pytest.raises(PrerequisiteError):
+        lifecycle.down(Plan.build("mix-b", settings))
+    kept = Plan.build("mix-b", settings).store.load("mix-b")
+    assert kept is not None and kept.status is Status.READY
+    with connect(KvAddress.from_url(record.outputs["REDIS_URL"])) as session:
+        assert session.command("PING") == b"PONG"
+    with psycopg.connect(record.outputs["DATABASE_URL"]):
+        pass
+
+    monkeypatch.setenv("PGPASSWORD", server.password)
+    assert lifecycle.down(Plan.build("mix-b", settings)) is None
+    names = server.psql("SELECT string_agg(datname, ',') FROM pg_database")
+    assert record.outputs["DATABASE_NAME"] not in names.split(",")

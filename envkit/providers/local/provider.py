@@ -410,6 +410,11 @@ class LocalProvider:
     # -- destroy ------------------------------------------------------------------------------
     def destroy(self, pipeline_id: str, record: Record | None) -> None:
         validate_pipeline_id(pipeline_id)  # every path below is derived from it
+        from envkit.providers.local import server_database
+
+        # The shared server's admin password is needed to drop the database there: without
+        # it, refuse (exit 2) before stopping anything.
+        server_database.check_credentials(self.settings, record)
         layout = self.layout
         pgdata = layout.pgdata(pipeline_id)
         # Services first (they hold database connections); found by record and by marker.
@@ -422,8 +427,6 @@ class LocalProvider:
             LocalResources.load(record) if record is not None else None,
         )
         cache_server.stop_server(cache_server.folder_of(layout.env_dir(pipeline_id)))
-        from envkit.providers.local import server_database
-
         server_database.destroy(self.settings, pipeline_id, record)
         stop_server(pgdata, fast=False, timeout=5.0)
         stop(

@@ -137,6 +137,13 @@ def probes(record: Record) -> list[Probe]:
     return [PostgresProbe(url, component="database", client="psycopg" if tls else "wire")]
 
 
+def check_credentials(settings: Settings, record: Record | None) -> None:
+    """``PrerequisiteError`` (exit 2) when the record's database is on a shared server and no
+    admin password for it can be found: ``destroy`` would fail half-way."""
+    if on_server(record):
+        admin_dsn(settings, record)
+
+
 def destroy(settings: Settings, pipeline_id: str, record: Record | None) -> None:
     """Drop the pipeline's database and role on the server its record names. Without a record
     nothing is dropped there: ``up`` records the server before it creates anything on it, and a
