@@ -235,14 +235,23 @@ def status(
         return
     out = console()
     for key, value in data.items():
-        if isinstance(value, dict):  # timings: one aligned line each, in seconds
+        if isinstance(value, dict):  # timings: one aligned line each
             if value:
                 out.print(f"{key:<12}", highlight=False)
                 for name, number in value.items():
-                    shown = f"{number:.3f}s" if isinstance(number, int | float) else str(number)
-                    out.print(f"  {name:<22} {shown:>9}", highlight=False)
+                    out.print(f"  {name:<22} {_timing(name, number):>9}", highlight=False)
         elif value not in (None, ""):
             out.print(f"{key:<12} {value}", highlight=False)
+
+
+def _timing(name: str, number: object) -> str:
+    """Durations in seconds; the seeding's counts (``seed_rows_users``, ``seed_redis_keys``,
+    ``seed_from_template``), which travel with the timings, as plain numbers."""
+    if not isinstance(number, int | float):
+        return str(number)
+    if name.startswith("seed_") and not name.endswith("seconds"):
+        return f"{number:g}"
+    return f"{number:.3f}s"
 
 
 @app.command("list")
