@@ -13,6 +13,7 @@ import pytest
 from shared_pg import SharedServer, bindirs
 
 from envkit import lifecycle
+from envkit.errors import EnvkitError
 from envkit.kvwire import KvAddress, connect
 from envkit.plan import Plan
 from envkit.processes import cmdline, processes_naming
@@ -79,3 +80,29 @@ def test_down_without_the_admin_password_is_refused_and_changes_nothing(
     assert lifecycle.down(Plan.build("mix-b", settings)) is None
     names = server.psql("SELECT string_agg(datname, ',') FROM pg_database")
     assert record.outputs["DATABASE_NAME"] not in names.split(",")
+
+
+def test_doctor_checks_the_database_server_when_one_is_set(
+    server: SharedServer, settings: Settings
+) -> None:
+    """``ENVKIT_DATABASE_SERVER`` set: doctor reaches the server and checks the admin, and says
+    what is wrong (a wrong password) without showing the password."""
+    from envkit.providers import get_provider
+
+    def server_check(dsn: str) -> tuple[bool, str]:
+        checks = get_provider("local", settings.with_(database_server=dsn)).checks()
+        (check,) = [c for c in checks if c.name.startswith("database server")]
+        assert check.required
+        try:
+            return True, check.probe()
+        except EnvkitError as exc:
+            return False, str(exc)
+
+    ok, detail = server_check(server.dsn)
+    assert ok and detail.startswith(server.reference) and server.password not in detail
+    wrong = server.dsn.replace(server.password, "not-the-password")
+    ok, detail = server_check(wrong)
+    assert not ok and "password authentication failed" in detail
+    assert "not-the-password" not in detail
+    assert not [c for c in get_provider("local", settings).checks()
+                if c.name.startswith("database server")]

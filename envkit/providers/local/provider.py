@@ -105,11 +105,17 @@ class LocalProvider:
                 )
             return "; ".join(f"{i.release(cache) or '?'} in {i.bindir} ({i.source})" for i in found)
 
-        return [
+        checks = [
             Check("PostgreSQL binaries", True, postgres),
             Check("PostgreSQL installations (--postgres VERSION picks one)", False, every),
             Check("redis-server (for --redis, a spec's redis)", False, cache_server.describe),
         ]
+        if self.settings.database_server:  # ENVKIT_DATABASE_SERVER: reach it, check the admin
+            from envkit.providers.local.server_database import doctor_check
+
+            name = "database server (ENVKIT_DATABASE_SERVER)"
+            checks.append(Check(name, True, lambda: doctor_check(self.settings)))
+        return checks
 
     def preflight(self) -> None:
         """Binaries, the server user and a data root that is ours alone: exit 2 before any

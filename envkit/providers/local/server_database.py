@@ -70,6 +70,15 @@ def preflight(settings: Settings) -> None:
     check_admin(settings.database_server, keep=True)
 
 
+def doctor_check(settings: Settings) -> str:
+    """``envkit doctor``: the server answers and the admin may create databases and roles."""
+    from envkit.shared_server import check_admin
+
+    assert settings.database_server is not None
+    reference = check_admin(settings.database_server)
+    return f"{reference}: reachable, the admin may create databases and roles"
+
+
 def provision(
     provider: LocalProvider,
     request: ProvisionRequest,
