@@ -5,6 +5,7 @@ machines never work on one pipeline at once."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from envkit.shared_server.templates import ensure_template, iso_utc_now
 from envkit.spec_model import EnvSpec
 from envkit.wire import scram_verifier
 
+log = logging.getLogger(__name__)
 MIN_SERVER_VERSION = 130000  # DROP DATABASE … WITH (FORCE)
 SCRAM_ITERATIONS = 4096  # PostgreSQL's default: a long-lived server others administer
 
@@ -66,6 +68,24 @@ def check_server(session: Session, dsn: Dsn) -> None:
         )
 
 
+def open_databases(session: Session) -> list[str]:
+    """The server's own databases (not envkit's) that any role may connect to, because
+    ``PUBLIC`` keeps ``CONNECT`` on them: a pipeline's role can log in there too. envkit leaves
+    them alone (they are not its own); their owner can revoke it."""
+    rows = session.query(
+        "SELECT datname FROM pg_database WHERE datallowconn AND datname NOT LIKE 'envkit%' "
+        "AND has_database_privilege('public', oid, 'CONNECT') ORDER BY datname"
+    )
+    return [str(name) for (name,) in rows]
+
+
+def open_databases_hint(names: list[str]) -> str:
+    """How the server's operator closes them to pipeline roles."""
+    return "; ".join(f"REVOKE CONNECT ON DATABASE {ident(n)} FROM PUBLIC" for n in names) + (
+        " (then GRANT CONNECT to the roles that need it)"
+    )
+
+
 def check_admin(admin_dsn: str, *, keep: bool = False) -> str:
     """Connect and check the admin's privileges (exit 2 when one is missing); the reference.
     With ``keep``, the checked session stays open for this process's next
@@ -75,6 +95,11 @@ def check_admin(admin_dsn: str, *, keep: bool = False) -> str:
     try:
         session = stack.enter_context(connect(dsn))
         check_server(session, dsn)
+        if keep and (names := open_databases(session)):  # up: say so, once per up
+            log.warning(
+                "pipeline roles on %s can also log in to %s (PUBLIC has CONNECT there); to stop "
+                "that: %s", dsn.reference(), ", ".join(names), open_databases_hint(names),
+            )
     except BaseException:
         stack.close()
         raise

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from shared_pg import SharedServer, bindirs
+from shared_pg import SharedServer, bindirs, connects
 
 from envkit import lifecycle
 from envkit.errors import EnvkitError
@@ -91,7 +91,7 @@ def test_doctor_checks_the_database_server_when_one_is_set(
 
     def server_check(dsn: str) -> tuple[bool, str]:
         checks = get_provider("local", settings.with_(database_server=dsn)).checks()
-        (check,) = [c for c in checks if c.name.startswith("database server")]
+        (check,) = [c for c in checks if c.name == "database server (ENVKIT_DATABASE_SERVER)"]
         assert check.required
         try:
             return True, check.probe()
@@ -106,3 +106,38 @@ def test_doctor_checks_the_database_server_when_one_is_set(
     assert "not-the-password" not in detail
     assert not [c for c in get_provider("local", settings).checks()
                 if c.name.startswith("database server")]
+
+
+def test_databases_every_role_may_enter_are_reported_not_touched(
+    server: SharedServer, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PUBLIC's CONNECT on the server's own databases would let pipeline roles log in there;
+    envkit does not change databases it did not create, so doctor and up say so, with the fix."""
+    from envkit.providers import get_provider
+
+    mixed = settings.with_(database_server=server.dsn)
+
+    def isolation() -> str:
+        checks = get_provider("local", mixed).checks()
+        (check,) = [c for c in checks if c.name == "database server isolation"]
+        assert not check.required
+        try:
+            return check.probe()
+        except EnvkitError as exc:
+            return f"{exc} | {exc.hint}"
+
+    assert "own database only" in isolation()  # the test server is set up as an operator would
+    server.psql("GRANT CONNECT ON DATABASE postgres TO PUBLIC")
+    try:
+        found = isolation()
+        assert "can also log in to postgres" in found
+        assert 'REVOKE CONNECT ON DATABASE "postgres" FROM PUBLIC' in found
+        with caplog.at_level("WARNING", logger="envkit.shared_server.placement"):
+            record = lifecycle.up(Plan.build("open-a", mixed, seed=False))
+        assert any("can also log in to postgres" in r.getMessage() for r in caplog.records)
+        assert server.password not in caplog.text
+        assert connects(record.outputs["DATABASE_URL"], "postgres")  # what the warning is about
+        assert server.psql("SELECT has_database_privilege('public', 'postgres', 'CONNECT')") == "t"
+        lifecycle.down(Plan.build("open-a", mixed))
+    finally:
+        server.psql("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC")

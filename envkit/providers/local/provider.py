@@ -111,10 +111,12 @@ class LocalProvider:
             Check("redis-server (for --redis, a spec's redis)", False, cache_server.describe),
         ]
         if self.settings.database_server:  # ENVKIT_DATABASE_SERVER: reach it, check the admin
-            from envkit.providers.local.server_database import doctor_check
+            from envkit.providers.local.server_database import doctor_check, doctor_isolation
 
             name = "database server (ENVKIT_DATABASE_SERVER)"
             checks.append(Check(name, True, lambda: doctor_check(self.settings)))
+            name = "database server isolation"
+            checks.append(Check(name, False, lambda: doctor_isolation(self.settings)))
         return checks
 
     def preflight(self) -> None:

@@ -79,6 +79,25 @@ def doctor_check(settings: Settings) -> str:
     return f"{reference}: reachable, the admin may create databases and roles"
 
 
+def doctor_isolation(settings: Settings) -> str:
+    """``envkit doctor``: whether pipeline roles reach only their own databases (``PUBLIC``
+    holds ``CONNECT`` on none of the server's own); ``PrerequisiteError`` with the fix if not."""
+    from envkit.errors import PrerequisiteError
+    from envkit.shared_server.dsn import resolve
+    from envkit.shared_server.placement import open_databases, open_databases_hint
+    from envkit.shared_server.session import connect
+
+    assert settings.database_server is not None
+    with connect(resolve(settings.database_server)) as session:
+        names = open_databases(session)
+    if names:
+        raise PrerequisiteError(
+            f"pipeline roles can also log in to {', '.join(names)} (PUBLIC has CONNECT there)",
+            hint=f"As the owner: {open_databases_hint(names)}.",
+        )
+    return "pipeline roles can log in to their own database only"
+
+
 def provision(
     provider: LocalProvider,
     request: ProvisionRequest,
