@@ -20,6 +20,18 @@ def holding(session: Session, key: int) -> Iterator[None]:
         session.query(f"SELECT pg_advisory_unlock({key})")
 
 
+@contextmanager
+def trying(session: Session, key: int) -> Iterator[bool]:
+    """Take the lock ``key`` if it is free (no wait); yield whether it was taken, and release
+    it after the block when it was."""
+    taken = try_lock(session, key)
+    try:
+        yield taken
+    finally:
+        if taken:
+            unlock(session, key)
+
+
 def try_lock(session: Session, key: int) -> bool:
     """Take the lock ``key`` when it is free; whether it was."""
     return session.query(f"SELECT pg_try_advisory_lock({key})")[0][0] == "t"

@@ -16,7 +16,7 @@ from envkit.reaping import Decision, ReapOptions, ReapReport
 from envkit.shared_server import catalogue, spares
 from envkit.shared_server.catalogue import Entry
 from envkit.shared_server.dsn import Dsn, resolve
-from envkit.shared_server.locks import lock_held, try_lock, unlock
+from envkit.shared_server.locks import lock_held, trying
 from envkit.shared_server.names import ident, lock_key, pool_name
 from envkit.shared_server.placement import _drop
 from envkit.shared_server.session import Session, SqlError, connect
@@ -108,14 +108,11 @@ def _reap_spare(
     if options.dry_run:
         report.add("reaped", entry)
         return
-    key = spares.spare_lock(spare.name)
     try:
-        if not try_lock(session, key):
-            return  # being claimed
-        try:
+        with trying(session, spares.spare_lock(spare.name)) as free:
+            if not free:
+                return  # being claimed
             spares.drop(session, spare)
-        finally:
-            unlock(session, key)
         report.add("reaped", entry)
     except SqlError as exc:
         report.add("errors", {**entry, "error": str(exc)})
@@ -144,14 +141,14 @@ def _reap_template(
         report.add("kept" if busy else "reaped", entry)
         return
     try:
-        if not try_lock(session, build):
-            report.add("kept", {**entry, "reason": "being built or used"})
-            return
-        try:
-            if not try_lock(session, pool):
-                report.add("kept", {**entry, "reason": "its spares are being made"})
+        with trying(session, build) as build_free:
+            if not build_free:
+                report.add("kept", {**entry, "reason": "being built or used"})
                 return
-            try:
+            with trying(session, pool) as pool_free:
+                if not pool_free:
+                    report.add("kept", {**entry, "reason": "its spares are being made"})
+                    return
                 again = catalogue.find(session, "database", template.name)
                 fresh = _when(again.mark.expires_at) if again and again.mark else None
                 if fresh is None or options.now - fresh < grace:  # an up renewed it meanwhile
@@ -161,10 +158,6 @@ def _reap_template(
                 session.query(f"ALTER DATABASE {name} WITH IS_TEMPLATE false")
                 session.query(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
                 session.query(f"DROP ROLE IF EXISTS {name}")
-            finally:
-                unlock(session, pool)
-        finally:
-            unlock(session, build)
         report.add("reaped", entry)
     except SqlError as exc:
         report.add("errors", {**entry, "error": str(exc)})
@@ -211,15 +204,11 @@ def _reap_one(
             decision = decide(found, options, locked=lock_held(session, key))
             report.add("reaped" if decision.reap else "kept", {**entry, "reason": decision.reason})
             return
-        got = session.query(f"SELECT pg_try_advisory_lock({key})")[0][0] == "t"
-        try:
-            decision = decide(found, options, locked=not got)
+        with trying(session, key) as free:
+            decision = decide(found, options, locked=not free)
             if decision.reap:
                 _drop(session, pipeline_id)
             report.add("reaped" if decision.reap else "kept", {**entry, "reason": decision.reason})
-        finally:
-            if got:
-                session.query(f"SELECT pg_advisory_unlock({key})")
     except SqlError as exc:
         report.add("errors", {**entry, "error": str(exc)})
 

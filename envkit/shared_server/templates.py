@@ -32,6 +32,7 @@ from envkit.settings import Settings
 from envkit.shared_server import catalogue
 from envkit.shared_server.catalogue import Mark
 from envkit.shared_server.dsn import Dsn
+from envkit.shared_server.locks import holding
 from envkit.shared_server.names import ident, lock_key, template_name
 from envkit.shared_server.session import Session, SqlError, connect
 
@@ -68,16 +69,12 @@ def ensure_template(
     if found is not None:
         _keep(session, found, settings)
         return found
-    lock = lock_key("template", name)
-    session.query(f"SELECT pg_advisory_lock({lock})")
-    try:
+    with holding(session, lock_key("template", name)):
         found = _ready(session, name, key)  # built by another envkit while this one waited
         if found is not None:
             return found
         progress("dataset template")
         return _build(session, dsn, settings, name, key, definition, scale)
-    finally:
-        session.query(f"SELECT pg_advisory_unlock({lock})")
 
 
 def _ready(session: Session, name: str, key: str) -> Template | None:
