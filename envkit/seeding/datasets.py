@@ -212,8 +212,9 @@ def load(settings: Settings, name: str) -> Dataset:
 
 
 # One ``up`` reads its dataset several times (the plan's check, the template's key, the seeding
-# report); parsing the TOML costs ~3 ms each time. Kept per folder while no file in it changed
-# (name, mtime, size of each); folders that are not plain directories are parsed every time.
+# report), and parsing its TOML each time was a visible share of an up. Kept per folder while
+# no file in it changed (name, mtime, size of each); folders that are not plain directories are
+# parsed every time.
 _parsed: dict[tuple[str, str], tuple[tuple[tuple[str, int, int], ...], Dataset]] = {}
 
 

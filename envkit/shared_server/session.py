@@ -1,5 +1,5 @@
 """Admin sessions on a shared server: envkit's own wire client where it can (no TLS asked for:
-~1 ms to connect, no psycopg import on the CLI's path), psycopg where TLS is required or the
+a cheap connect, no psycopg import on the CLI's path), psycopg where TLS is required or the
 server asks for a password method envkit's client refuses. Connection failures become
 ``PrerequisiteError`` (exit 2) naming the server by its password-less reference."""
 
