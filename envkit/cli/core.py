@@ -49,6 +49,15 @@ DatasetOpt = Annotated[
 ScaleOpt = Annotated[
     float | None, typer.Option(help="Multiply the dataset's row counts.", show_default="1")
 ]
+def server_option(value: str | None) -> str | None:
+    """``--database-server`` as given, refused when it holds a password (argv is public)."""
+    if value is not None:
+        from envkit.shared_server.dsn import refuse_in_argv
+
+        refuse_in_argv(value)
+    return value
+
+
 DatabaseServerOpt = Annotated[
     str | None,
     typer.Option(
@@ -57,17 +66,9 @@ DatabaseServerOpt = Annotated[
         help="Put the database on this PostgreSQL server (postgresql://ADMIN@HOST:PORT/DB; "
         "the password from PGPASSWORD or ~/.pgpass, or the whole DSN in ENVKIT_DATABASE_SERVER).",
         show_default=False,
+        callback=server_option,  # every command taking it refuses a password the same way
     ),
 ]
-
-
-def server_option(value: str | None) -> str | None:
-    """``--database-server`` as given, refused when it holds a password (argv is public)."""
-    if value is not None:
-        from envkit.shared_server.dsn import refuse_in_argv
-
-        refuse_in_argv(value)
-    return value
 
 
 RedisOpt = Annotated[
@@ -139,7 +140,7 @@ def up(
             dataset=dataset,
             seed_scale=scale,
             postgres_version=postgres,
-            database_server=server_option(database_server),
+            database_server=database_server,
             redis=redis or None,  # absent: ENVKIT_REDIS / [tool.envkit] decide
         ),
         seed=not no_seed,
@@ -205,7 +206,7 @@ def down(
     lifetime = _ttl(ttl)
     if lifetime is not None and not preserve:
         raise typer.BadParameter("--ttl only applies with --preserve.", param_hint="--ttl")
-    ctx = Plan.build(pipeline_id, settings(database_server=server_option(database_server)))
+    ctx = Plan.build(pipeline_id, settings(database_server=database_server))
     with progress(f"Tearing down {ctx.pipeline_id}", enabled=not preserve):
         record = lifecycle.down(ctx, preserve=preserve, ttl=lifetime)
     if record is None:

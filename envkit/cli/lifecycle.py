@@ -19,7 +19,6 @@ from envkit.cli.core import (
     ProviderOpt,
     RedisOpt,
     ShowSecretsOpt,
-    server_option,
 )
 from envkit.cli.render import console, error_console, print_json, settings
 from envkit.durations import parse_duration
@@ -94,7 +93,7 @@ def run(
         settings(
             provider=provider,
             dataset=dataset,
-            database_server=server_option(database_server),
+            database_server=database_server,
             redis=redis or None,
         ),
         seed=not no_seed,
@@ -130,7 +129,7 @@ def extend(
 ) -> None:
     """Give a ready or preserved environment a new expiry: now + TTL."""
     lifetime = parse_duration(ttl, what="TTL")
-    chosen = settings(database_server=server_option(database_server))
+    chosen = settings(database_server=database_server)
     record = lifecycle.extend(Plan.build(pipeline_id, chosen), lifetime)
     console().print(
         f"[green]✔[/] Environment [bold]{record.pipeline_id}[/] now expires {record.expires_at}."
@@ -163,7 +162,7 @@ def reap(
     grace = parse_duration(older_than, what="--older-than") if older_than is not None else None
     chosen = settings(
         provider=provider.value if provider else None,
-        database_server=server_option(database_server),
+        database_server=database_server,
     )
     report = run_reap(chosen, dry_run=dry_run, older_than=grace)
     if as_json:

@@ -118,3 +118,22 @@ def test_sixteen_concurrent_ups(server: SharedServer, tmp_path: Path) -> None:
                                            ENVKIT_DATABASE_SERVER=server.dsn), ids))
     assert not {f"envkit_par_{n}" for n in range(16)} & databases(server)
     wait_for_refills(server)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["up", "p1"], ["down", "p1"], ["extend", "p1", "--ttl", "1h"], ["reap", "--dry-run"],
+     ["run", "p1", "--", "true"]],
+)
+def test_every_command_refuses_a_password_on_its_command_line(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Command lines are visible to every local user: --database-server with a password is
+    refused (exit 2) by each command taking it, before anything is written."""
+    home = tmp_path / "home"
+    dsn = "postgresql://admin:S3cret-in-argv@127.0.0.1:5432/postgres"
+    done = envkit(home, *command[:2], "--database-server", dsn, *command[2:], password=None)
+    assert done.returncode == 2, done.stderr
+    assert "--database-server holds a password" in done.stderr
+    assert "S3cret-in-argv" not in done.stdout + done.stderr
+    assert not home.exists()
